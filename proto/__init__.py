@@ -1,0 +1,8 @@
+"""Porthole wire protocol: message types, codec, handshake and channel state machines.
+
+Sans-I/O: nothing here touches sockets, files or an event loop.
+"""
+
+from proto.errors import ProtocolError, VersionError
+
+__all__ = ["ProtocolError", "VersionError"]

@@ -1,0 +1,114 @@
+"""Channel state machines: sequence numbers, cumulative acks, byte credits, replay buffer.
+
+One :class:`Sender` and one :class:`Receiver` per direction of a channel. The sender keeps
+every frame until it is acknowledged, so after a broken link it can :meth:`Sender.replay`
+from the peer's last ack; the receiver drops duplicates, so replayed frames arrive exactly
+once. Credit is in bytes: the receiver grants ``window`` bytes beyond its last ack and only
+re-opens it as the application consumes data, so a fast producer stops at its source.
+"""
+
+from collections import deque
+
+from proto.errors import ProtocolError
+from proto.messages import MAX_CHUNK, ChannelAck, ChannelData
+
+DEFAULT_WINDOW = 256 * 1024
+
+
+class Sender:
+    def __init__(self, channel: int, window: int = DEFAULT_WINDOW) -> None:
+        self.channel = channel
+        self.window = window  # bytes the peer accepts after frame `acked`
+        self.acked = 0  # highest seq the peer acknowledged
+        self.next_seq = 1
+        self._unacked: deque[ChannelData] = deque()
+        self._in_flight = 0  # bytes in self._unacked
+
+    def available(self) -> int:
+        """How many bytes may be sent now (read at most this much from the source)."""
+        return max(0, min(self.window - self._in_flight, MAX_CHUNK))
+
+    def send(self, data: bytes) -> ChannelData:
+        """Frame ``data``; it must fit in :meth:`available`."""
+        if not data or len(data) > self.available():
+            raise ValueError(f"{len(data)} bytes do not fit the credit of {self.available()}")
+        frame = ChannelData(self.channel, self.next_seq, bytes(data))
+        self.next_seq += 1
+        self._unacked.append(frame)
+        self._in_flight += len(data)
+        return frame
+
+    def on_ack(self, ack: ChannelAck) -> None:
+        if ack.ack >= self.next_seq or ack.window < 0:
+            raise ProtocolError(
+                f"channel {self.channel}: ack {ack.ack} for a frame never sent "
+                f"(last sent {self.next_seq - 1})",
+                code="BadAck",
+            )
+        if ack.ack < self.acked:
+            return  # stale: a newer ack already arrived
+        while self._unacked and self._unacked[0].seq <= ack.ack:
+            self._in_flight -= len(self._unacked.popleft().data)
+        self.acked = max(self.acked, ack.ack)
+        self.window = ack.window
+
+    def replay(self, peer_ack: int) -> list[ChannelData]:
+        """Frames the peer has not seen, after it reports ``peer_ack`` on reconnect."""
+        if peer_ack < self.acked or peer_ack >= self.next_seq:
+            raise ProtocolError(
+                f"channel {self.channel}: cannot resume from {peer_ack} "
+                f"(buffer holds {self.acked + 1}..{self.next_seq - 1})",
+                code="ResumeImpossible",
+            )
+        self.on_ack(ChannelAck(self.channel, peer_ack, self.window))
+        return list(self._unacked)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+
+class Receiver:
+    def __init__(self, channel: int, window: int = DEFAULT_WINDOW) -> None:
+        self.channel = channel
+        self.max_window = window
+        self.received = 0  # highest in-order seq received
+        self._unconsumed = 0  # bytes handed to the application and not yet consumed
+        self._granted = window  # credit announced with the last ack
+        self._bytes_since_grant = 0
+
+    def on_data(self, frame: ChannelData) -> bytes:
+        """Accept a frame; returns its payload, or b"" for a duplicate from a replay."""
+        if frame.seq <= self.received:
+            return b""
+        if frame.seq != self.received + 1:
+            raise ProtocolError(
+                f"channel {self.channel}: frame {frame.seq} arrived, expected "
+                f"{self.received + 1}",
+                code="SequenceGap",
+            )
+        if len(frame.data) > MAX_CHUNK or self._bytes_since_grant + len(frame.data) > self._granted:
+            raise ProtocolError(
+                f"channel {self.channel}: peer sent past its credit of {self._granted} bytes",
+                code="CreditExceeded",
+            )
+        self.received = frame.seq
+        self._unconsumed += len(frame.data)
+        self._bytes_since_grant += len(frame.data)
+        return frame.data
+
+    def consumed(self, n: int) -> None:
+        """The application has written ``n`` bytes on to their destination."""
+        self._unconsumed = max(0, self._unconsumed - n)
+
+    def ack(self) -> ChannelAck:
+        """A cumulative ack granting what the application has room for."""
+        window = max(0, self.max_window - self._unconsumed)
+        self._granted = window
+        self._bytes_since_grant = 0
+        return ChannelAck(self.channel, self.received, window)
+
+    def should_ack(self) -> bool:
+        """True when an ack would give the sender a worthwhile amount of new credit."""
+        remaining = self._granted - self._bytes_since_grant
+        return self.max_window - self._unconsumed - remaining >= self.max_window // 4

@@ -1,0 +1,195 @@
+"""The agent's connection loop: dial out, authenticate, heartbeat, serve, reconnect forever."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from agent.commands import run_script
+from agent.state import AgentState
+from agent.sysinfo import host_info
+from proto import ProtocolError
+from proto.handshake import auth_payload
+from proto.messages import (
+    MAX_FRAME_SIZE,
+    PROTOCOL_VERSIONS,
+    Auth,
+    Challenge,
+    CommandResult,
+    CommandResultAck,
+    CommandRun,
+    Error,
+    Heartbeat,
+    HeartbeatAck,
+    Hello,
+    Message,
+    Welcome,
+    decode,
+    encode,
+)
+
+log = logging.getLogger("porthole.agent")
+
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 60.0
+FATAL_CODES = {"InstanceDeregistered", "InstanceNotFound", "AuthFailed", "UnsupportedVersion"}
+EXIT_FATAL = 3
+
+M = TypeVar("M", bound=Message)
+
+
+class Fatal(Exception):
+    """The server refused this agent for good; retrying cannot help."""
+
+
+def backoff_delay(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    return random.uniform(0, min(cap, base * 2 ** min(attempt, 32)))
+
+
+def gateway_url(server: str) -> str:
+    parts = urlsplit(server)
+    scheme = {"https": "wss", "wss": "wss"}.get(parts.scheme)
+    if scheme is None:
+        raise ValueError(f"server URL {server!r} must start with https://")
+    return urlunsplit((scheme, parts.netloc, "/agent/v1/connect", "", ""))
+
+
+class Agent:
+    def __init__(self, state: AgentState) -> None:
+        self.state = state
+        self.url = gateway_url(state.server)
+        self.ssl = state.ssl_context()
+        self.unacked: dict[str, CommandResult] = {}  # results the server has not confirmed
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._ws: ClientConnection | None = None
+        self.connected_at: float | None = None
+
+    async def run_forever(self) -> int:
+        attempt = 0
+        while True:
+            try:
+                await self._connection()
+            except Fatal as exc:
+                log.error("server refused this agent: %s; not retrying", exc)
+                return EXIT_FATAL
+            except (OSError, TimeoutError, ProtocolError, websockets.WebSocketException) as exc:
+                log.warning("connection to %s failed: %s", self.url, _describe(exc))
+            if self.connected_at is not None:
+                attempt = 0  # the last attempt got through; start backing off afresh
+                self.connected_at = None
+            delay = backoff_delay(attempt)
+            attempt += 1
+            log.info("reconnecting in %.1f s", delay)
+            await asyncio.sleep(delay)
+
+    async def _connection(self) -> None:
+        async with connect(
+            self.url, ssl=self.ssl, compression=None, max_size=MAX_FRAME_SIZE,
+            open_timeout=15, ping_interval=20, ping_timeout=20, close_timeout=5,
+            user_agent_header=f"porthole-agent/{host_info()['agent_version']}",
+        ) as ws:
+            interval = await self._handshake(ws)
+            self._ws = ws
+            self.connected_at = time.time()
+            log.info("connected to %s as %s", self.url, self.state.instance_id)
+            heartbeat = asyncio.create_task(self._heartbeats(ws, interval))
+            try:
+                for result in list(self.unacked.values()):
+                    await ws.send(encode(result))
+                async for frame in ws:
+                    if isinstance(frame, str):
+                        raise ProtocolError("text frame from server", "MalformedFrame")
+                    self._on_message(decode(frame))
+            finally:
+                self._ws = None
+                heartbeat.cancel()
+            log.warning("server closed the connection (%s)", ws.close_reason or ws.close_code)
+
+    async def _handshake(self, ws: ClientConnection) -> float:
+        info = host_info()
+        await ws.send(encode(Hello(list(PROTOCOL_VERSIONS), self.state.instance_id,
+                                   info["agent_version"], info["hostname"], info["platform"],
+                                   info["os_name"])))
+        challenge = await self._expect(ws, Challenge)
+        signature = self.state.key.sign(
+            auth_payload(self.state.instance_id, challenge.nonce, challenge.version)
+        )
+        await ws.send(encode(Auth(signature)))
+        welcome = await self._expect(ws, Welcome)
+        return max(1.0, welcome.heartbeat_interval)
+
+    async def _expect(self, ws: ClientConnection, kind: type[M]) -> M:
+        try:
+            frame = await asyncio.wait_for(ws.recv(), 15)
+        except websockets.ConnectionClosed as exc:
+            raise ProtocolError(f"server closed the connection during the handshake: "
+                                f"{exc.rcvd.reason if exc.rcvd else 'no reason'}") from None
+        if isinstance(frame, str):
+            raise ProtocolError("text frame from server", "MalformedFrame")
+        message = decode(frame)
+        if isinstance(message, Error):
+            if message.code in FATAL_CODES:
+                raise Fatal(f"{message.message} ({message.code})")
+            raise ProtocolError(f"{message.message} ({message.code})", message.code)
+        if not isinstance(message, kind):
+            raise ProtocolError(f"expected {kind.TYPE}, got {message.TYPE}", "UnexpectedMessage")
+        return message
+
+    async def _heartbeats(self, ws: ClientConnection, interval: float) -> None:
+        seq = 0
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                seq += 1
+                await ws.send(encode(Heartbeat(seq, time.time())))
+                await asyncio.sleep(interval)
+
+    def _on_message(self, message: Message) -> None:
+        if isinstance(message, CommandRun):
+            if message.invocation_id in self.running or message.invocation_id in self.unacked:
+                return  # already running or done: a redelivery
+            task = asyncio.create_task(self._command(message))
+            self.running[message.invocation_id] = task
+        elif isinstance(message, CommandResultAck):
+            self.unacked.pop(message.invocation_id, None)
+        elif isinstance(message, HeartbeatAck):
+            pass
+        elif isinstance(message, Error):
+            if message.code in FATAL_CODES:
+                raise Fatal(f"{message.message} ({message.code})")
+            log.warning("server error %s: %s", message.code, message.message)
+        else:
+            raise ProtocolError(f"unexpected {message.TYPE} from the server", "UnexpectedMessage")
+
+    async def _command(self, message: CommandRun) -> None:
+        log.info("running %s as %s (timeout %d s)", message.invocation_id, message.username,
+                 message.timeout)
+        try:
+            result = await run_script(message)
+        except Exception as exc:  # report, never lose the invocation in silence
+            log.exception("command %s failed to run", message.invocation_id)
+            result = CommandResult(message.invocation_id, "Error", None, "AgentError", str(exc),
+                                   b"", 0, time.time(), time.time())
+        finally:
+            self.running.pop(message.invocation_id, None)
+        self.unacked[message.invocation_id] = result
+        log.info("%s finished: %s exit %s", message.invocation_id, result.status,
+                 result.exit_code)
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.send(encode(result))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, websockets.InvalidStatus):
+        return f"HTTP {exc.response.status_code}"
+    return str(exc) or type(exc).__name__

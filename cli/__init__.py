@@ -1,0 +1,3 @@
+"""Porthole operator CLI."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,96 @@
+"""The aiohttp application: routes, services, TLS, and the serve loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from dataclasses import dataclass
+
+from aiohttp import web
+
+import server.handlers  # noqa: F401  (registers the API actions)
+from server import __version__
+from server.api import dispatch, error_response, openapi_document
+from server.commands import CommandService
+from server.config import ServerConfig
+from server.errors import ApiError
+from server.gateway import Gateway
+from server.storage import Repository
+
+log = logging.getLogger("porthole.server")
+
+
+@dataclass
+class Services:
+    config: ServerConfig
+    repo: Repository
+    gateway: Gateway
+    commands: CommandService
+
+
+@web.middleware
+async def _errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, "")
+
+
+async def _health(request: web.Request) -> web.Response:
+    services: Services = request.app["services"]
+    return web.json_response({
+        "Status": "ok", "Version": __version__, "AgentsConnected": len(services.gateway.links),
+    })
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(__version__))
+
+
+def build_app(services: Services) -> web.Application:
+    app = web.Application(middlewares=[_errors], client_max_size=1024 * 1024)
+    app["services"] = services
+    app.router.add_get("/healthz", _health)
+    app.router.add_get("/openapi.json", _openapi)
+    app.router.add_post("/api/v1/{action}", dispatch)
+    app.router.add_post("/agent/v1/register", services.gateway.register)
+    app.router.add_get("/agent/v1/connect", services.gateway.connect)
+    return app
+
+
+def tls_context(config: ServerConfig) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(config.path(config.tls_cert), config.path(config.tls_key))
+    return ctx
+
+
+async def open_services(config: ServerConfig) -> Services:
+    repo = await Repository.open(config.db_url)
+    await repo.ensure_regions(config.regions)
+    gateway = Gateway(config, repo)
+    return Services(config, repo, gateway, CommandService(repo, gateway))
+
+
+async def serve(config: ServerConfig) -> None:
+    services = await open_services(config)
+    await services.repo.reset_connections()
+    app = build_app(services)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    host, port = config.listen_address()
+    site = web.TCPSite(runner, host, port, ssl_context=tls_context(config), reuse_address=True)
+    await site.start()
+    log.info("porthole-server %s listening on https://%s:%d (data dir %s)",
+             __version__, host, port, config.data_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await services.gateway.close_all()
+    await runner.cleanup()
+    await services.repo.close()

@@ -1,0 +1,252 @@
+"""Agent gateway: registration and the agents' WebSocket (handshake, heartbeats, results)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from proto import ProtocolError
+from proto.handshake import NONCE_SIZE, auth_payload, negotiate
+from proto.ids import is_instance_id, new_instance_id
+from proto.messages import (
+    MAX_FRAME_SIZE,
+    PROTOCOL_VERSIONS,
+    Auth,
+    Challenge,
+    CommandResult,
+    CommandResultAck,
+    Error,
+    Heartbeat,
+    HeartbeatAck,
+    Hello,
+    Message,
+    Welcome,
+    decode,
+    encode,
+)
+from server.config import ServerConfig
+from server.errors import ApiError
+from server.storage import ActivationError, Repository
+
+log = logging.getLogger("porthole.gateway")
+
+HANDSHAKE_TIMEOUT = 10.0
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_POLICY = 1008
+
+
+class AgentLink:
+    """One authenticated agent connection."""
+
+    def __init__(self, instance_id: str, region: str, ws: web.WebSocketResponse) -> None:
+        self.instance_id = instance_id
+        self.region = region
+        self.ws = ws
+        self.connected_at = time.time()
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, message: Message) -> None:
+        async with self._send_lock:
+            await self.ws.send_bytes(encode(message))
+
+
+ResultHandler = Callable[[str, CommandResult], Awaitable[None]]
+
+
+class Gateway:
+    def __init__(self, config: ServerConfig, repo: Repository) -> None:
+        self.config = config
+        self.repo = repo
+        self.links: dict[str, AgentLink] = {}
+        self.on_result: ResultHandler | None = None
+
+    def link(self, instance_id: str) -> AgentLink | None:
+        return self.links.get(instance_id)
+
+    async def register(self, request: web.Request) -> web.Response:
+        """POST /agent/v1/register: trade an activation for an instance id."""
+        body = await _json_body(request)
+        try:
+            public_key = base64.b64decode(str(body.get("PublicKey", "")), validate=True)
+            Ed25519PublicKey.from_public_bytes(public_key)
+        except (binascii.Error, ValueError):
+            raise ApiError(
+                400, "InvalidParameter.PublicKey", "PublicKey must be a base64 Ed25519 key"
+            ) from None
+        fields = {k: body.get(k) for k in ("ActivationId", "ActivationCode", "Region")}
+        for name, value in fields.items():
+            if not isinstance(value, str) or not value:
+                raise ApiError(400, f"MissingParameter.{name}", f"{name} is required")
+        instance_id = new_instance_id()
+        info = {
+            "hostname": str(body.get("Hostname", "")),
+            "platform": str(body.get("Platform", "")),
+            "os_name": str(body.get("OsName", "")),
+            "agent_version": str(body.get("AgentVersion", "")),
+        }
+        try:
+            await self.repo.register_instance(
+                fields["ActivationId"], fields["ActivationCode"], fields["Region"],
+                instance_id, public_key, info,
+            )
+        except ActivationError as exc:
+            await self.repo.audit(
+                principal=f"activation/{fields['ActivationId']}"[:128], action="RegisterInstance",
+                source_ip=request.remote or "", outcome="Denied", detail=str(exc),
+            )
+            raise ApiError(403, exc.code, str(exc)) from None
+        await self.repo.audit(
+            principal=f"activation/{fields['ActivationId']}", action="RegisterInstance",
+            resource=self.instance_arn(fields["Region"], instance_id),
+            source_ip=request.remote or "", outcome="Allowed",
+        )
+        log.info("registered %s in %s from %s", instance_id, fields["Region"], request.remote)
+        return web.json_response({"InstanceId": instance_id})
+
+    def instance_arn(self, region: str, instance_id: str) -> str:
+        return f"acs:ecs:{region}:{self.config.account_id}:instance/{instance_id}"
+
+    async def connect(self, request: web.Request) -> web.WebSocketResponse:
+        """GET /agent/v1/connect: one agent's WebSocket for its whole life."""
+        ws = web.WebSocketResponse(
+            heartbeat=self.config.heartbeat_interval, compress=False, max_msg_size=MAX_FRAME_SIZE
+        )
+        await ws.prepare(request)
+        peer = request.remote or "?"
+        link: AgentLink | None = None
+        try:
+            link = await asyncio.wait_for(self._handshake(ws, peer), HANDSHAKE_TIMEOUT)
+            if link is None:
+                return ws
+            await self._serve(link)
+        except ProtocolError as exc:
+            log.warning("agent %s from %s: protocol error: %s; closing its connection",
+                        link.instance_id if link else "(unauthenticated)", peer, exc)
+            await _send_error(ws, exc.code, str(exc))
+            await ws.close(code=CLOSE_PROTOCOL_ERROR, message=exc.code.encode()[:120])
+        except TimeoutError:
+            log.warning("agent from %s: handshake timed out", peer)
+            await ws.close(code=CLOSE_POLICY, message=b"handshake timeout")
+        finally:
+            if link is not None and self.links.get(link.instance_id) is link:
+                del self.links[link.instance_id]
+                await self.repo.mark_disconnected(link.instance_id)
+                log.info("agent %s disconnected", link.instance_id)
+        return ws
+
+    async def _receive(self, ws: web.WebSocketResponse) -> Message | None:
+        msg = await ws.receive()
+        if msg.type == WSMsgType.BINARY:
+            return decode(msg.data)
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return None
+        raise ProtocolError(f"expected a binary frame, got {msg.type.name}", "MalformedFrame")
+
+    async def _handshake(self, ws: web.WebSocketResponse, peer: str) -> AgentLink | None:
+        hello = await self._receive(ws)
+        if hello is None:
+            return None
+        if not isinstance(hello, Hello):
+            raise ProtocolError(f"expected hello, got {hello.TYPE}", "UnexpectedMessage")
+        version = negotiate(PROTOCOL_VERSIONS, hello.versions)
+        instance = await self.repo.instance(hello.instance_id) if is_instance_id(
+            hello.instance_id) else None
+        if instance is None:
+            return await self._refuse(ws, peer, hello.instance_id, "InstanceNotFound",
+                                      f"instance {hello.instance_id} is not registered")
+        if instance["deregistered_at"] is not None:
+            return await self._refuse(
+                ws, peer, hello.instance_id, "InstanceDeregistered",
+                f"instance {hello.instance_id} was deregistered; register this agent again "
+                "with a new activation",
+            )
+        nonce = os.urandom(NONCE_SIZE)
+        await ws.send_bytes(encode(Challenge(version, nonce)))
+        auth = await self._receive(ws)
+        if auth is None:
+            return None
+        if not isinstance(auth, Auth):
+            raise ProtocolError(f"expected auth, got {auth.TYPE}", "UnexpectedMessage")
+        try:
+            Ed25519PublicKey.from_public_bytes(instance["public_key"]).verify(
+                auth.signature, auth_payload(hello.instance_id, nonce, version)
+            )
+        except InvalidSignature:
+            return await self._refuse(ws, peer, hello.instance_id, "AuthFailed",
+                                      "signature does not match the instance's registered key")
+        link = AgentLink(hello.instance_id, instance["region"], ws)
+        old = self.links.get(link.instance_id)
+        self.links[link.instance_id] = link
+        if old is not None:
+            log.info("agent %s reconnected; closing its previous connection", link.instance_id)
+            await old.ws.close(code=CLOSE_POLICY, message=b"replaced by a newer connection")
+        await self.repo.mark_connected(link.instance_id, {
+            "hostname": hello.hostname[:256], "platform": hello.platform[:64],
+            "os_name": hello.os_name[:256], "agent_version": hello.agent_version[:64],
+        })
+        await link.send(Welcome(self.config.heartbeat_interval, time.time()))
+        log.info("agent %s connected from %s (protocol %d)", link.instance_id, peer, version)
+        return link
+
+    async def _refuse(
+        self, ws: web.WebSocketResponse, peer: str, instance_id: str, code: str, message: str
+    ) -> None:
+        log.warning("agent %s from %s refused: %s", instance_id[:40], peer, message)
+        await self.repo.audit(principal=f"instance/{instance_id[:40]}", action="AgentConnect",
+                              source_ip=peer, outcome="Denied", detail=message)
+        await _send_error(ws, code, message)
+        await ws.close(code=CLOSE_POLICY, message=code.encode())
+
+    async def _serve(self, link: AgentLink) -> None:
+        while True:
+            message = await self._receive(link.ws)
+            if message is None:
+                return
+            if isinstance(message, Heartbeat):
+                await link.send(HeartbeatAck(message.seq))
+                await self._heartbeat(link.instance_id)
+            elif isinstance(message, CommandResult):
+                if self.on_result is not None:
+                    await self.on_result(link.instance_id, message)
+                await link.send(CommandResultAck(message.invocation_id))
+            elif isinstance(message, Error):
+                log.warning("agent %s reports %s: %s", link.instance_id, message.code,
+                            message.message)
+            else:
+                raise ProtocolError(f"unexpected {message.TYPE} from an agent",
+                                    "UnexpectedMessage")
+
+    async def _heartbeat(self, instance_id: str) -> None:
+        await self.repo.mark_heartbeat(instance_id)
+
+    async def close_all(self) -> None:
+        for link in list(self.links.values()):
+            await link.ws.close(code=1001, message=b"server shutting down")
+
+
+async def _send_error(ws: web.WebSocketResponse, code: str, message: str) -> None:
+    if not ws.closed:
+        try:
+            await ws.send_bytes(encode(Error(code, message[:1000])))
+        except (ConnectionError, RuntimeError):
+            pass
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "InvalidJSON", "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "InvalidJSON", "request body must be a JSON object")
+    return body

@@ -1,0 +1,368 @@
+"""Schema and the repository: the one narrow interface to persistent state.
+
+SQLAlchemy Core (async) so that the same queries run on SQLite (default) and PostgreSQL.
+Times are stored as float seconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+metadata = sa.MetaData()
+
+regions = sa.Table(
+    "regions", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("session_manager_enabled", sa.Boolean, nullable=False, default=True),
+)
+users = sa.Table(
+    "users", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+access_keys = sa.Table(
+    "access_keys", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("user_name", sa.String(64), sa.ForeignKey("users.name"), nullable=False),
+    sa.Column("secret", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, default="Active"),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+user_policies = sa.Table(
+    "user_policies", metadata,
+    sa.Column("user_name", sa.String(64), sa.ForeignKey("users.name"), primary_key=True),
+    sa.Column("policy_name", sa.String(128), primary_key=True),
+)
+request_nonces = sa.Table(
+    "request_nonces", metadata,
+    sa.Column("key_id", sa.String(64), primary_key=True),
+    sa.Column("nonce", sa.String(128), primary_key=True),
+    sa.Column("seen_at", sa.Float, nullable=False, index=True),
+)
+activations = sa.Table(
+    "activations", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("code_hash", sa.String(64), nullable=False),
+    sa.Column("region", sa.String(64), nullable=False),
+    sa.Column("description", sa.String(256), nullable=False, default=""),
+    sa.Column("usage_limit", sa.Integer, nullable=False),
+    sa.Column("usage_count", sa.Integer, nullable=False, default=0),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+)
+instances = sa.Table(
+    "instances", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("public_key", sa.LargeBinary, nullable=False),
+    sa.Column("region", sa.String(64), nullable=False, index=True),
+    sa.Column("hostname", sa.String(256), nullable=False, default=""),
+    sa.Column("platform", sa.String(64), nullable=False, default=""),
+    sa.Column("os_name", sa.String(256), nullable=False, default=""),
+    sa.Column("agent_version", sa.String(64), nullable=False, default=""),
+    sa.Column("activation_id", sa.String(64), nullable=False),
+    sa.Column("registered_at", sa.Float, nullable=False),
+    sa.Column("last_heartbeat", sa.Float),
+    sa.Column("connected", sa.Boolean, nullable=False, default=False),
+    sa.Column("deregistered_at", sa.Float),
+)
+invocations = sa.Table(
+    "invocations", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("command_type", sa.String(32), nullable=False),
+    sa.Column("command_content", sa.Text, nullable=False),
+    sa.Column("username", sa.String(64), nullable=False),
+    sa.Column("timeout", sa.Integer, nullable=False),
+    sa.Column("working_dir", sa.String(1024), nullable=False, default=""),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+invocation_results = sa.Table(
+    "invocation_results", metadata,
+    sa.Column("invocation_id", sa.String(64), sa.ForeignKey("invocations.id"), primary_key=True),
+    sa.Column("instance_id", sa.String(32), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("error_code", sa.String(64), nullable=False, default=""),
+    sa.Column("error_info", sa.Text, nullable=False, default=""),
+    sa.Column("output", sa.LargeBinary, nullable=False, default=b""),
+    sa.Column("dropped", sa.Integer, nullable=False, default=0),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+)
+audit_log = sa.Table(
+    "audit_log", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=False, default=""),
+    sa.Column("principal", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(128), nullable=False),
+    sa.Column("resource", sa.String(512), nullable=False, default=""),
+    sa.Column("source_ip", sa.String(64), nullable=False, default=""),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False, default=""),
+)
+
+FINAL_STATUSES = frozenset(
+    {"Success", "Failed", "Error", "Timeout", "Cancelled", "Terminated", "Invalid"}
+)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class ActivationError(Exception):
+    """Registration refused; str() says why in one line."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Repository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    async def open(cls, url: str) -> Repository:
+        engine = create_async_engine(url)
+        if engine.dialect.name == "sqlite":
+            @sa.event.listens_for(engine.sync_engine, "connect")
+            def _pragmas(conn: Any, _record: Any) -> None:
+                cur = conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA busy_timeout=10000")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.close()
+        repo = cls(engine)
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        return repo
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def _all(self, stmt: Any) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(stmt)]
+
+    async def _one(self, stmt: Any) -> dict[str, Any] | None:
+        rows = await self._all(stmt)
+        return rows[0] if rows else None
+
+    # --- regions, users, keys -----------------------------------------------------------
+
+    async def ensure_regions(self, names: Sequence[str]) -> None:
+        async with self.engine.begin() as conn:
+            existing = {r[0] for r in await conn.execute(sa.select(regions.c.name))}
+            for name in names:
+                if name not in existing:
+                    await conn.execute(regions.insert().values(name=name))
+
+    async def region_names(self) -> list[str]:
+        return [r["name"] for r in await self._all(sa.select(regions.c.name))]
+
+    async def create_user(self, name: str, policies: Sequence[str] = ()) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(users.insert().values(name=name, created_at=time.time()))
+            for p in policies:
+                await conn.execute(user_policies.insert().values(user_name=name, policy_name=p))
+
+    async def create_access_key(self, user: str, key_id: str, secret: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(access_keys.insert().values(
+                id=key_id, user_name=user, secret=secret, status="Active", created_at=time.time()
+            ))
+
+    async def access_key(self, key_id: str) -> dict[str, Any] | None:
+        return await self._one(sa.select(access_keys).where(access_keys.c.id == key_id))
+
+    async def user_policy_names(self, user: str) -> list[str]:
+        rows = await self._all(
+            sa.select(user_policies.c.policy_name).where(user_policies.c.user_name == user)
+        )
+        return [r["policy_name"] for r in rows]
+
+    async def remember_nonce(self, key_id: str, nonce: str, max_age: float) -> bool:
+        """Record a request nonce; False if it was seen before (a replay)."""
+        now = time.time()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                request_nonces.delete().where(request_nonces.c.seen_at < now - max_age)
+            )
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(
+                        request_nonces.insert().values(key_id=key_id, nonce=nonce, seen_at=now)
+                    )
+            except sa.exc.IntegrityError:
+                return False
+        return True
+
+    # --- activations and instances ------------------------------------------------------
+
+    async def create_activation(
+        self, activation_id: str, code: str, region: str, usage_limit: int, expires_at: float,
+        description: str, created_by: str,
+    ) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(activations.insert().values(
+                id=activation_id, code_hash=hash_secret(code), region=region,
+                description=description, usage_limit=usage_limit, usage_count=0,
+                expires_at=expires_at, created_at=time.time(), created_by=created_by,
+            ))
+
+    async def list_activations(self) -> list[dict[str, Any]]:
+        return await self._all(sa.select(activations).order_by(activations.c.created_at))
+
+    async def register_instance(
+        self, activation_id: str, code: str, region: str, instance_id: str, public_key: bytes,
+        info: dict[str, str],
+    ) -> None:
+        """Use one registration of an activation; raises ActivationError if it is not valid."""
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(
+                sa.select(activations).where(activations.c.id == activation_id)
+            )).first()
+            if row is None or not hmac.compare_digest(row.code_hash, hash_secret(code)):
+                raise ActivationError(
+                    "InvalidActivation", "activation id or code is wrong; check both values"
+                )
+            if row.region != region:
+                raise ActivationError(
+                    "InvalidActivation.Region",
+                    f"activation {activation_id} is for region {row.region}, not {region}",
+                )
+            if row.expires_at < time.time():
+                raise ActivationError(
+                    "InvalidActivation.Expired",
+                    f"activation {activation_id} has expired; create a new one",
+                )
+            used = await conn.execute(
+                activations.update()
+                .where(activations.c.id == activation_id)
+                .where(activations.c.usage_count < activations.c.usage_limit)
+                .values(usage_count=activations.c.usage_count + 1)
+            )
+            if used.rowcount != 1:
+                raise ActivationError(
+                    "InvalidActivation.LimitExceeded",
+                    f"activation {activation_id} has been used {row.usage_limit} time(s), "
+                    "its limit; create a new one",
+                )
+            await conn.execute(instances.insert().values(
+                id=instance_id, public_key=public_key, region=region,
+                activation_id=activation_id, registered_at=time.time(), connected=False,
+                hostname=info.get("hostname", "")[:256], platform=info.get("platform", "")[:64],
+                os_name=info.get("os_name", "")[:256],
+                agent_version=info.get("agent_version", "")[:64],
+            ))
+
+    async def instance(self, instance_id: str) -> dict[str, Any] | None:
+        return await self._one(sa.select(instances).where(instances.c.id == instance_id))
+
+    async def list_instances(
+        self, region: str | None = None, ids: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        stmt = sa.select(instances).where(instances.c.deregistered_at.is_(None))
+        if region:
+            stmt = stmt.where(instances.c.region == region)
+        if ids:
+            stmt = stmt.where(instances.c.id.in_(list(ids)))
+        return await self._all(stmt.order_by(instances.c.registered_at))
+
+    async def mark_connected(self, instance_id: str, info: dict[str, str]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(instances.update().where(instances.c.id == instance_id).values(
+                connected=True, last_heartbeat=time.time(), **info
+            ))
+
+    async def mark_heartbeat(self, instance_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(instances.update().where(instances.c.id == instance_id).values(
+                last_heartbeat=time.time()
+            ))
+
+    async def mark_disconnected(self, instance_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(instances.update().where(instances.c.id == instance_id).values(
+                connected=False
+            ))
+
+    async def deregister_instance(self, instance_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                instances.update()
+                .where(instances.c.id == instance_id)
+                .where(instances.c.deregistered_at.is_(None))
+                .values(deregistered_at=time.time(), connected=False)
+            )
+            return result.rowcount == 1
+
+    # --- invocations --------------------------------------------------------------------
+
+    async def create_invocation(
+        self, invocation: dict[str, Any], targets: Sequence[tuple[str, str, str]]
+    ) -> None:
+        """``targets``: (instance_id, initial status, error code) per instance."""
+        now = time.time()
+        async with self.engine.begin() as conn:
+            await conn.execute(invocations.insert().values(created_at=now, **invocation))
+            for instance_id, status, error_code in targets:
+                final = status in FINAL_STATUSES
+                await conn.execute(invocation_results.insert().values(
+                    invocation_id=invocation["id"], instance_id=instance_id, status=status,
+                    error_code=error_code, output=b"", dropped=0,
+                    finished_at=now if final else None,
+                ))
+
+    async def invocation(self, invocation_id: str) -> dict[str, Any] | None:
+        return await self._one(sa.select(invocations).where(invocations.c.id == invocation_id))
+
+    async def set_result_status(self, invocation_id: str, instance_id: str, status: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                invocation_results.update()
+                .where(invocation_results.c.invocation_id == invocation_id)
+                .where(invocation_results.c.instance_id == instance_id)
+                .where(invocation_results.c.status.not_in(list(FINAL_STATUSES)))
+                .values(status=status, started_at=time.time())
+            )
+
+    async def store_result(self, instance_id: str, result: dict[str, Any]) -> bool:
+        """Store an agent's final result once; False if it was already final (a resend)."""
+        async with self.engine.begin() as conn:
+            updated = await conn.execute(
+                invocation_results.update()
+                .where(invocation_results.c.invocation_id == result["invocation_id"])
+                .where(invocation_results.c.instance_id == instance_id)
+                .where(invocation_results.c.status.not_in(list(FINAL_STATUSES)))
+                .values(**{k: v for k, v in result.items() if k != "invocation_id"})
+            )
+            return updated.rowcount == 1
+
+    async def invocation_results_for(self, invocation_id: str) -> list[dict[str, Any]]:
+        return await self._all(
+            sa.select(invocation_results)
+            .where(invocation_results.c.invocation_id == invocation_id)
+            .order_by(invocation_results.c.instance_id)
+        )
+
+    # --- audit --------------------------------------------------------------------------
+
+    async def audit(self, **entry: Any) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(audit_log.insert().values(at=time.time(), **entry))
+
+    async def reset_connections(self) -> None:
+        """At start-up no agent is connected to this (single) server yet."""
+        async with self.engine.begin() as conn:
+            await conn.execute(instances.update().values(connected=False))

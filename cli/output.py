@@ -28,10 +28,11 @@ def emit_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
 
     table = Table(box=None, header_style="bold", pad_edge=False)
     for c in columns:
-        table.add_column(c)
+        table.add_column(c, no_wrap=True)
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    Console().print(table)
+    # Off a terminal rich would wrap at 80 columns; a row per line is easier to read and grep.
+    Console(width=None if sys.stdout.isatty() else 400).print(table)
 
 
 def emit_rows(output: str, rows: list[dict[str, Any]], columns: Sequence[str],

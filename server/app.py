@@ -77,6 +77,7 @@ async def open_services(config: ServerConfig) -> Services:
 async def serve(config: ServerConfig) -> None:
     services = await open_services(config)
     await services.repo.reset_connections()
+    services.gateway.start()
     app = build_app(services)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()

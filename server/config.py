@@ -29,7 +29,6 @@ class ServerConfig:
     agent_offline_after: float = 60.0
     tls_cert: str = "server.pem"
     tls_key: str = "server-key.pem"
-    ca_cert: str = "ca.pem"
 
     @property
     def config_path(self) -> Path:

@@ -53,6 +53,7 @@ class AgentLink:
         self.region = region
         self.ws = ws
         self.connected_at = time.time()
+        self.last_heartbeat = self.connected_at
         self._send_lock = asyncio.Lock()
 
     async def send(self, message: Message) -> None:
@@ -69,6 +70,21 @@ class Gateway:
         self.repo = repo
         self.links: dict[str, AgentLink] = {}
         self.on_result: ResultHandler | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Drop agents whose heartbeats stopped, even if their TCP connection looks alive."""
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval)
+            cutoff = time.time() - self.config.agent_offline_after
+            for link in list(self.links.values()):
+                if link.last_heartbeat < cutoff:
+                    log.warning("agent %s sent no heartbeat for %.0f s; dropping it",
+                                link.instance_id, time.time() - link.last_heartbeat)
+                    await link.ws.close(code=CLOSE_POLICY, message=b"heartbeat timeout")
 
     def link(self, instance_id: str) -> AgentLink | None:
         return self.links.get(instance_id)
@@ -213,8 +229,9 @@ class Gateway:
             if message is None:
                 return
             if isinstance(message, Heartbeat):
+                link.last_heartbeat = time.time()
                 await link.send(HeartbeatAck(message.seq))
-                await self._heartbeat(link.instance_id)
+                await self.repo.mark_heartbeat(link.instance_id)
             elif isinstance(message, CommandResult):
                 if self.on_result is not None:
                     await self.on_result(link.instance_id, message)
@@ -226,10 +243,9 @@ class Gateway:
                 raise ProtocolError(f"unexpected {message.TYPE} from an agent",
                                     "UnexpectedMessage")
 
-    async def _heartbeat(self, instance_id: str) -> None:
-        await self.repo.mark_heartbeat(instance_id)
-
     async def close_all(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for link in list(self.links.values()):
             await link.ws.close(code=1001, message=b"server shutting down")
 

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 BIN = Path(sys.executable).parent
 
 
@@ -36,7 +38,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
 
 class Server:
     def __init__(self, root: Path, regions: tuple[str, ...] = ("local",),
-                 hostnames: tuple[str, ...] = ()) -> None:
+                 hostnames: tuple[str, ...] = (), **settings: Any) -> None:
         self.data_dir = root / "server"
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
@@ -49,6 +51,11 @@ class Server:
         for h in hostnames:
             args += ["--hostname", h]
         subprocess.run(args, check=True, capture_output=True)
+        if settings:  # edit server.yaml as an operator would
+            config_file = self.data_dir / "server.yaml"
+            config = yaml.safe_load(config_file.read_text())
+            config.update(settings)
+            config_file.write_text(yaml.safe_dump(config))
         self.admin = json.loads((self.data_dir / "admin.json").read_text())
         self.ca_file = self.data_dir / "ca.pem"
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from agent.connection import BACKOFF_CAP, backoff_delay
 from proto.handshake import auth_payload
 from proto.messages import Auth, Challenge, Error, Heartbeat, HeartbeatAck, Hello, decode, encode
-from tests.harness import register, wait_for
+from tests.harness import Server, register, wait_for
 
 
 def test_agent_killed_and_restarted_comes_back(server, make_agent):
@@ -192,3 +192,21 @@ async def test_oversized_and_text_frames_are_refused(server, tmp_path):
             while True:
                 await asyncio.wait_for(ws.recv(), 10)
         assert ws.close_code == 1009
+
+
+async def test_an_agent_that_stops_heartbeating_is_dropped(tmp_path):
+    srv = Server(tmp_path, heartbeat_interval=0.5, agent_offline_after=2).start()
+    try:
+        instance_id, key = _register_key(srv, tmp_path)
+        async with _ws(srv) as ws:
+            await _handshake(ws, instance_id, key)
+            assert await asyncio.to_thread(srv.online, instance_id)
+            started = time.monotonic()
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:  # WebSocket pings are answered, but no heartbeat is sent
+                    await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_reason == "heartbeat timeout"
+            assert time.monotonic() - started < 10
+        assert not await asyncio.to_thread(srv.online, instance_id)
+    finally:
+        srv.stop()

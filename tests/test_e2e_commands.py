@@ -116,7 +116,8 @@ def _alive(pid: int) -> bool:
 
 def test_large_output_is_truncated_with_a_dropped_count(server, make_agent):
     agent = make_agent()
-    rc, reply = server.run_json(agent.instance_id, "--script", "head -c 100000 /dev/zero | tr '\\0' x")
+    rc, reply = server.run_json(agent.instance_id, "--script",
+                                "head -c 100000 /dev/zero | tr '\\0' x")
     assert rc == 0
     r = reply["Results"][0]
     assert len(r["Output"]) == 24 * 1024

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pwd
 import signal
 import time
 
+from agent.config import AgentConfig
+from agent.users import RunAsError, run_as
 from proto.messages import MAX_RESULT_OUTPUT, CommandResult, CommandRun
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DRAIN_AFTER_EXIT = 1.0
 """Seconds to keep reading output after the script exits (a background child may hold it)."""
 
@@ -28,38 +28,26 @@ def _exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-async def run_script(msg: CommandRun) -> CommandResult:
+async def run_script(msg: CommandRun, config: AgentConfig) -> CommandResult:
+    if not config.allows(msg.username):
+        return _result(msg, "Failed", "RunAsNotAllowed",
+                       f"this agent's allowed_users does not include {msg.username!r}")
     if msg.command_type != "RunShellScript":
         return _result(msg, "Failed", "UnsupportedCommandType",
                        f"{msg.command_type} does not run on this platform")
     try:
-        user = pwd.getpwnam(msg.username)
-    except KeyError:
-        return _result(msg, "Failed", "UserNotExist", f"user {msg.username!r} does not exist")
-    switch = os.geteuid() == 0
-    if not switch and user.pw_uid != os.geteuid():
-        return _result(msg, "Failed", "RunAsNotPermitted",
-                       f"the agent does not run as root and cannot run as {msg.username}")
-    cwd = msg.working_dir or user.pw_dir
+        user = run_as(msg.username)
+    except RunAsError as exc:
+        return _result(msg, "Failed", exc.code, str(exc))
+    cwd = msg.working_dir or user.home
     if not os.path.isdir(cwd):
-        if msg.working_dir:
-            return _result(msg, "Failed", "WorkingDirNotExist", f"{cwd} does not exist")
-        cwd = "/"
-    env = {
-        "HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name,
-        "SHELL": user.pw_shell or "/bin/sh", "PATH": DEFAULT_PATH,
-        "LANG": os.environ.get("LANG", "C.UTF-8"),
-    }
-    extra: dict[str, object] = {}
-    if switch:
-        groups = os.getgrouplist(user.pw_name, user.pw_gid)
-        extra = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": groups}
+        return _result(msg, "Failed", "WorkingDirNotExist", f"{cwd} does not exist")
     started = time.time()
     try:
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", msg.script, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True, cwd=cwd, env=env, **extra,  # type: ignore[arg-type]
+            start_new_session=True, cwd=cwd, env=user.env(), **user.popen,  # type: ignore[arg-type]
         )
     except OSError as exc:
         return _result(msg, "Failed", "ProcessCreateFailed", str(exc), started_at=started)

@@ -14,6 +14,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from agent.commands import run_script
+from agent.config import AgentConfig
+from agent.shell import ChannelRefused, ShellChannel
 from agent.state import AgentState
 from agent.sysinfo import host_info
 from proto import ProtocolError
@@ -23,6 +25,11 @@ from proto.messages import (
     PROTOCOL_VERSIONS,
     Auth,
     Challenge,
+    ChannelAck,
+    ChannelClose,
+    ChannelData,
+    ChannelOpen,
+    ChannelResume,
     CommandResult,
     CommandResultAck,
     CommandRun,
@@ -31,6 +38,7 @@ from proto.messages import (
     HeartbeatAck,
     Hello,
     Message,
+    TerminalResize,
     Welcome,
     decode,
     encode,
@@ -64,8 +72,11 @@ def gateway_url(server: str) -> str:
 
 
 class Agent:
-    def __init__(self, state: AgentState) -> None:
+    def __init__(self, state: AgentState, config: AgentConfig | None = None) -> None:
         self.state = state
+        self.config = config or AgentConfig()
+        self.channels: dict[int, ShellChannel] = {}
+        self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
         self.url = gateway_url(state.server)
         self.ssl = state.ssl_context()
         self.unacked: dict[str, CommandResult] = {}  # results the server has not confirmed
@@ -101,10 +112,14 @@ class Agent:
             self._ws = ws
             self.connected_at = time.time()
             log.info("connected to %s as %s", self.url, self.state.instance_id)
+            self._outbox = asyncio.Queue()
             heartbeat = asyncio.create_task(self._heartbeats(ws, interval))
+            writer = asyncio.create_task(self._writer(ws, self._outbox))
             try:
                 for result in list(self.unacked.values()):
-                    await ws.send(encode(result))
+                    self.send(result)
+                for channel in list(self.channels.values()):
+                    channel.link_up()
                 async for frame in ws:
                     if isinstance(frame, str):
                         raise ProtocolError("text frame from server", "MalformedFrame")
@@ -112,6 +127,9 @@ class Agent:
             finally:
                 self._ws = None
                 heartbeat.cancel()
+                writer.cancel()
+                for channel in list(self.channels.values()):
+                    channel.link_down()
             log.warning("server closed the connection (%s)", ws.close_reason or ws.close_code)
 
     async def _handshake(self, ws: ClientConnection) -> float:
@@ -144,16 +162,53 @@ class Agent:
             raise ProtocolError(f"expected {kind.TYPE}, got {message.TYPE}", "UnexpectedMessage")
         return message
 
-    async def _heartbeats(self, ws: ClientConnection, interval: float) -> None:
-        seq = 0
+    def send(self, message: Message) -> None:
+        """Queue a frame for the server; dropped while disconnected (channels replay and
+        results are resent on reconnect)."""
+        if self._ws is not None:
+            self._outbox.put_nowait(encode(message))
+
+    async def _writer(self, ws: ClientConnection, outbox: asyncio.Queue[bytes]) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
             while True:
-                seq += 1
-                await ws.send(encode(Heartbeat(seq, time.time())))
-                await asyncio.sleep(interval)
+                await ws.send(await outbox.get())
+
+    async def _heartbeats(self, ws: ClientConnection, interval: float) -> None:
+        seq = 0
+        while True:
+            seq += 1
+            self.send(Heartbeat(seq, time.time()))
+            await asyncio.sleep(interval)
+
+    async def _open_channel(self, message: ChannelOpen) -> None:
+        if message.channel in self.channels:
+            return  # a redelivered open
+        if message.kind != "shell":
+            self.send(ChannelClose(message.channel, f"unsupported channel kind {message.kind!r}"))
+            return
+        channel = ShellChannel(message, self.config, self.send, self._channel_done)
+        self.channels[message.channel] = channel
+        try:
+            await channel.start()
+        except ChannelRefused as exc:
+            log.warning("channel %d refused: %s", message.channel, exc)
+            self.channels.pop(message.channel, None)
+            self.send(ChannelClose(message.channel, f"{exc} ({exc.code})"))
+
+    def _channel_done(self, channel_id: int) -> None:
+        self.channels.pop(channel_id, None)
 
     def _on_message(self, message: Message) -> None:
-        if isinstance(message, CommandRun):
+        if isinstance(message, ChannelData | ChannelAck | ChannelResume | ChannelClose
+                      | TerminalResize):
+            channel = self.channels.get(message.channel)
+            if channel is not None:
+                channel.handle(message)
+            elif not isinstance(message, ChannelClose):
+                self.send(ChannelClose(message.channel, "no such channel on this agent"))
+        elif isinstance(message, ChannelOpen):
+            asyncio.create_task(self._open_channel(message))
+        elif isinstance(message, CommandRun):
             if message.invocation_id in self.running or message.invocation_id in self.unacked:
                 return  # already running or done: a redelivery
             task = asyncio.create_task(self._command(message))
@@ -173,7 +228,7 @@ class Agent:
         log.info("running %s as %s (timeout %d s)", message.invocation_id, message.username,
                  message.timeout)
         try:
-            result = await run_script(message)
+            result = await run_script(message, self.config)
         except Exception as exc:  # report, never lose the invocation in silence
             log.exception("command %s failed to run", message.invocation_id)
             result = CommandResult(message.invocation_id, "Error", None, "AgentError", str(exc),
@@ -183,10 +238,7 @@ class Agent:
         self.unacked[message.invocation_id] = result
         log.info("%s finished: %s exit %s", message.invocation_id, result.status,
                  result.exit_code)
-        ws = self._ws
-        if ws is not None:
-            with contextlib.suppress(websockets.ConnectionClosed):
-                await ws.send(encode(result))
+        self.send(result)
 
 
 def _describe(exc: BaseException) -> str:

@@ -62,13 +62,14 @@ def register(server: str, ca_file: Path, activation_id: str, activation_code: st
 @click.option("--log-level", default="INFO", show_default=True)
 def run(state_dir: Path | None, log_format: str, log_level: str) -> None:
     """Connect to the server and serve until stopped (reconnects forever)."""
+    from agent.config import AgentConfig, AgentConfigError
     from agent.connection import Agent
     from agent.state import AgentState
 
     try:
         state = AgentState.load(state_dir or default_state_dir())
-        agent = Agent(state)
-    except (StateError, ValueError) as exc:
+        agent = Agent(state, AgentConfig.load(state.directory))
+    except (StateError, AgentConfigError, ValueError) as exc:
         _fail(str(exc))
     _setup_logging(log_format, log_level)
     sys.exit(asyncio.run(_run(agent)))

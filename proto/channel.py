@@ -10,7 +10,14 @@ re-opens it as the application consumes data, so a fast producer stops at its so
 from collections import deque
 
 from proto.errors import ProtocolError
-from proto.messages import MAX_CHUNK, ChannelAck, ChannelData
+from proto.messages import (
+    MAX_CHUNK,
+    ChannelAck,
+    ChannelClose,
+    ChannelData,
+    ChannelResume,
+    Message,
+)
 
 DEFAULT_WINDOW = 256 * 1024
 
@@ -112,3 +119,36 @@ class Receiver:
         """True when an ack would give the sender a worthwhile amount of new credit."""
         remaining = self._granted - self._bytes_since_grant
         return self.max_window - self._unconsumed - remaining >= self.max_window // 4
+
+
+class Endpoint:
+    """Both directions of one channel at one end, with resume and a reliable close."""
+
+    def __init__(self, channel: int, send_window: int, receive_window: int) -> None:
+        self.channel = channel
+        self.sender = Sender(channel, send_window)
+        self.receiver = Receiver(channel, receive_window)
+        self.close_message: ChannelClose | None = None  # our close, resent on resume
+
+    def close(self, reason: str, exit_code: int | None = None) -> ChannelClose:
+        self.close_message = ChannelClose(self.channel, reason, exit_code,
+                                          self.sender.next_seq - 1)
+        return self.close_message
+
+    def resume(self, reply: bool = False) -> ChannelResume:
+        ack = self.receiver.ack()
+        return ChannelResume(self.channel, ack.ack, ack.window, reply)
+
+    def on_resume(self, message: ChannelResume) -> list[Message]:
+        """Frames to send after the peer's resume: our own resume (unless this is the
+        answer to ours), the frames it missed, and our close if we already closed."""
+        out: list[Message] = [] if message.reply else [self.resume(reply=True)]
+        out.extend(self.sender.replay(message.received))
+        self.sender.window = message.window
+        if self.close_message is not None:
+            out.append(self.close_message)
+        return out
+
+    def complete(self) -> bool:
+        """True once the peer acknowledged every frame we sent."""
+        return self.sender.acked == self.sender.next_seq - 1

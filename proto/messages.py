@@ -148,10 +148,38 @@ class ChannelAck(Message):
 
 @dataclass(frozen=True)
 class ChannelClose(Message):
+    """End of a channel. ``last_seq`` is the sender's final data frame: the receiver has
+    everything once it has received that far (a replay may still be on its way)."""
+
     TYPE: ClassVar[str] = "ch_close"
     channel: int
     reason: str = ""
     exit_code: int | None = None
+    last_seq: int = 0
+
+
+@dataclass(frozen=True)
+class ChannelResume(Message):
+    """After a link came back: I have received up to ``received``; replay the rest and you
+    may send ``window`` bytes after it. ``reply`` is set on the answer to a resume, which
+    is never answered again."""
+
+    TYPE: ClassVar[str] = "ch_resume"
+    channel: int
+    received: int
+    window: int
+    reply: bool = False
+
+
+# --- terminal ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TerminalResize(Message):
+    TYPE: ClassVar[str] = "term_resize"
+    channel: int
+    cols: int
+    rows: int
 
 
 # --- commands ----------------------------------------------------------------------------

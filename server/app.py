@@ -13,10 +13,13 @@ from aiohttp import web
 import server.handlers  # noqa: F401  (registers the API actions)
 from server import __version__
 from server.api import dispatch, error_response, openapi_document
+from server.auth import authenticate
+from server.authz import authorize
 from server.commands import CommandService
 from server.config import ServerConfig
 from server.errors import ApiError
 from server.gateway import Gateway
+from server.sessions import SessionManager
 from server.storage import Repository
 
 log = logging.getLogger("porthole.server")
@@ -28,6 +31,7 @@ class Services:
     repo: Repository
     gateway: Gateway
     commands: CommandService
+    sessions: SessionManager
 
 
 @web.middleware
@@ -45,6 +49,38 @@ async def _health(request: web.Request) -> web.Response:
     })
 
 
+async def _session_stream(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/sessions/{sid}/stream: the session owner's WebSocket (signed request)."""
+    services: Services = request.app["services"]
+    principal = await authenticate(request, b"", services.repo)
+    sid = request.match_info["sid"]
+    session = services.sessions.sessions.get(sid)
+    if session is None:
+        row = await services.repo.session(sid)
+        state = f"has ended ({row['end_reason']})" if row else "does not exist"
+        raise ApiError(404, "InvalidSessionId.NotFound", f"session {sid[:64]} {state}")
+    if session.owner != principal.name:
+        raise ApiError(403, "Forbidden.SessionOwner",
+                       f"session {sid} belongs to another user")
+    return await services.sessions.stream(request, session)
+
+
+async def _session_recording(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/sessions/{sid}/recording: the asciicast v2 recording."""
+    services: Services = request.app["services"]
+    principal = await authenticate(request, b"", services.repo)
+    row = await services.repo.session(request.match_info["sid"])
+    if row is None or not row["recording"]:
+        raise ApiError(404, "InvalidSessionId.NotFound",
+                       f"session {request.match_info['sid'][:64]} not found")
+    authorize(principal, "ecs:GetSessionRecording",
+              services.gateway.instance_arn(row["region"], row["instance_id"]))
+    path = services.config.path(row["recording"])
+    if not path.exists():
+        raise ApiError(404, "RecordingNotFound", f"no recording of {row['id']} on this server")
+    return web.FileResponse(path, headers={"Content-Type": "application/x-asciicast"})
+
+
 async def _openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(__version__))
 
@@ -55,6 +91,8 @@ def build_app(services: Services) -> web.Application:
     app.router.add_get("/healthz", _health)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_post("/api/v1/{action}", dispatch)
+    app.router.add_get("/api/v1/sessions/{sid}/stream", _session_stream)
+    app.router.add_get("/api/v1/sessions/{sid}/recording", _session_recording)
     app.router.add_post("/agent/v1/register", services.gateway.register)
     app.router.add_get("/agent/v1/connect", services.gateway.connect)
     return app
@@ -71,13 +109,15 @@ async def open_services(config: ServerConfig) -> Services:
     repo = await Repository.open(config.db_url)
     await repo.ensure_regions(config.regions)
     gateway = Gateway(config, repo)
-    return Services(config, repo, gateway, CommandService(repo, gateway))
+    return Services(config, repo, gateway, CommandService(repo, gateway),
+                    SessionManager(config, repo, gateway))
 
 
 async def serve(config: ServerConfig) -> None:
     services = await open_services(config)
     await services.repo.reset_connections()
     services.gateway.start()
+    await services.sessions.start()
     app = build_app(services)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -92,6 +132,7 @@ async def serve(config: ServerConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    await services.sessions.stop()
     await services.gateway.close_all()
     await runner.cleanup()
     await services.repo.close()

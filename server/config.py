@@ -27,6 +27,8 @@ class ServerConfig:
     database_url: str = ""  # default: sqlite in the data dir
     heartbeat_interval: float = 20.0
     agent_offline_after: float = 60.0
+    session_resume_timeout: float = 60.0
+    record_input: bool = False
     tls_cert: str = "server.pem"
     tls_key: str = "server-key.pem"
 
@@ -81,4 +83,6 @@ class ServerConfig:
             raise ConfigError("at least one region is required")
         if self.heartbeat_interval <= 0 or self.agent_offline_after <= self.heartbeat_interval:
             raise ConfigError("agent_offline_after must be longer than heartbeat_interval")
+        if self.session_resume_timeout <= 0:
+            raise ConfigError("session_resume_timeout must be positive")
         self.listen_address()

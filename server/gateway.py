@@ -23,6 +23,11 @@ from proto.messages import (
     PROTOCOL_VERSIONS,
     Auth,
     Challenge,
+    ChannelAccept,
+    ChannelAck,
+    ChannelClose,
+    ChannelData,
+    ChannelResume,
     CommandResult,
     CommandResultAck,
     Error,
@@ -57,11 +62,17 @@ class AgentLink:
         self._send_lock = asyncio.Lock()
 
     async def send(self, message: Message) -> None:
+        await self.send_raw(encode(message))
+
+    async def send_raw(self, frame: bytes) -> None:
         async with self._send_lock:
-            await self.ws.send_bytes(encode(message))
+            await self.ws.send_bytes(frame)
 
 
 ResultHandler = Callable[[str, CommandResult], Awaitable[None]]
+ChannelHandler = Callable[[AgentLink, Message, bytes], Awaitable[None]]
+DisconnectHandler = Callable[[str], Awaitable[None]]
+CHANNEL_MESSAGES = (ChannelAccept, ChannelData, ChannelAck, ChannelResume, ChannelClose)
 
 
 class Gateway:
@@ -70,6 +81,8 @@ class Gateway:
         self.repo = repo
         self.links: dict[str, AgentLink] = {}
         self.on_result: ResultHandler | None = None
+        self.on_channel: ChannelHandler | None = None
+        self.on_disconnect: DisconnectHandler | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -157,13 +170,19 @@ class Gateway:
             if link is not None and self.links.get(link.instance_id) is link:
                 del self.links[link.instance_id]
                 await self.repo.mark_disconnected(link.instance_id)
+                if self.on_disconnect is not None:
+                    await self.on_disconnect(link.instance_id)
                 log.info("agent %s disconnected", link.instance_id)
         return ws
 
     async def _receive(self, ws: web.WebSocketResponse) -> Message | None:
+        frame = await self._receive_raw(ws)
+        return None if frame is None else decode(frame)
+
+    async def _receive_raw(self, ws: web.WebSocketResponse) -> bytes | None:
         msg = await ws.receive()
         if msg.type == WSMsgType.BINARY:
-            return decode(msg.data)
+            return msg.data
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
             return None
         raise ProtocolError(f"expected a binary frame, got {msg.type.name}", "MalformedFrame")
@@ -225,10 +244,14 @@ class Gateway:
 
     async def _serve(self, link: AgentLink) -> None:
         while True:
-            message = await self._receive(link.ws)
-            if message is None:
+            frame = await self._receive_raw(link.ws)
+            if frame is None:
                 return
-            if isinstance(message, Heartbeat):
+            message = decode(frame)
+            if isinstance(message, CHANNEL_MESSAGES):
+                if self.on_channel is not None:
+                    await self.on_channel(link, message, frame)
+            elif isinstance(message, Heartbeat):
                 link.last_heartbeat = time.time()
                 await link.send(HeartbeatAck(message.seq))
                 await self.repo.mark_heartbeat(link.instance_id)

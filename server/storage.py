@@ -21,6 +21,26 @@ regions = sa.Table(
     "regions", metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("session_manager_enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("idle_timeout", sa.Integer, nullable=False, default=20),  # minutes
+    sa.Column("max_session_duration", sa.Integer),  # minutes; NULL: no limit
+)
+sessions = sa.Table(
+    "sessions", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("instance_id", sa.String(32), nullable=False, index=True),
+    sa.Column("region", sa.String(64), nullable=False),
+    sa.Column("channel", sa.Integer, nullable=False),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("run_as", sa.String(64), nullable=False),
+    sa.Column("command", sa.Text, nullable=False, default=""),
+    sa.Column("reason", sa.Text, nullable=False, default=""),
+    sa.Column("source_ip", sa.String(64), nullable=False, default=""),
+    sa.Column("status", sa.String(16), nullable=False),  # Connecting, Active, Terminated, Failed
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("end_reason", sa.Text, nullable=False, default=""),
+    sa.Column("recording", sa.String(1024), nullable=False, default=""),
 )
 users = sa.Table(
     "users", metadata,
@@ -169,6 +189,16 @@ class Repository:
 
     async def region_names(self) -> list[str]:
         return [r["name"] for r in await self._all(sa.select(regions.c.name))]
+
+    async def regions(self, name: str | None = None) -> list[dict[str, Any]]:
+        stmt = sa.select(regions).order_by(regions.c.name)
+        if name:
+            stmt = stmt.where(regions.c.name == name)
+        return await self._all(stmt)
+
+    async def update_region(self, name: str, **values: Any) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(regions.update().where(regions.c.name == name).values(**values))
 
     async def create_user(self, name: str, policies: Sequence[str] = ()) -> None:
         async with self.engine.begin() as conn:
@@ -355,6 +385,34 @@ class Repository:
             .where(invocation_results.c.invocation_id == invocation_id)
             .order_by(invocation_results.c.instance_id)
         )
+
+    # --- sessions -----------------------------------------------------------------------
+
+    async def create_session(self, **values: Any) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sessions.insert().values(started_at=time.time(), **values))
+
+    async def update_session(self, session_id: str, **values: Any) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sessions.update().where(sessions.c.id == session_id)
+                               .values(**values))
+
+    async def session(self, session_id: str) -> dict[str, Any] | None:
+        return await self._one(sa.select(sessions).where(sessions.c.id == session_id))
+
+    async def list_sessions(self, active: bool = False) -> list[dict[str, Any]]:
+        stmt = sa.select(sessions).order_by(sessions.c.started_at)
+        if active:
+            stmt = stmt.where(sessions.c.status.in_(["Connecting", "Active"]))
+        return await self._all(stmt)
+
+    async def end_stale_sessions(self, reason: str) -> None:
+        """Sessions left open by a previous run of a single server cannot be resumed."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sessions.update().where(sessions.c.status.in_(["Connecting", "Active"]))
+                .values(status="Terminated", ended_at=time.time(), end_reason=reason)
+            )
 
     # --- audit --------------------------------------------------------------------------
 

@@ -1,0 +1,273 @@
+"""Terminal channels: a login shell (or one command) of a local user on a PTY.
+
+PTY output is read only while the peer has granted credit, so a flood stops in the kernel's
+PTY buffer instead of in memory. Input is written as the PTY accepts it and acknowledged
+only then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import signal
+import struct
+import termios
+from collections.abc import Callable
+from typing import Any
+
+from agent.config import AgentConfig
+from agent.users import RunAsError, ensure_session_user, run_as
+from proto.channel import Endpoint
+from proto.messages import (
+    MAX_CHUNK,
+    ChannelAccept,
+    ChannelAck,
+    ChannelClose,
+    ChannelData,
+    ChannelOpen,
+    ChannelResume,
+    Message,
+    TerminalResize,
+)
+
+log = logging.getLogger("porthole.agent.shell")
+
+WINDOW = 64 * 1024
+KILL_GRACE = 2.0
+
+
+class ChannelRefused(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def set_winsize(fd: int, cols: int, rows: int) -> None:
+    cols, rows = max(1, min(cols, 10000)), max(1, min(rows, 10000))
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _make_controlling_tty() -> None:  # runs in the child between fork and exec
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def session_processes(sid: int) -> list[int]:
+    """Every process in the session ``sid`` (the shell and all its jobs)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            pids.append(int(entry))
+    return pids
+
+
+class ShellChannel:
+    def __init__(self, open_msg: ChannelOpen, config: AgentConfig,
+                 send: Callable[[Message], None], on_done: Callable[[int], None]) -> None:
+        self.id = open_msg.channel
+        self.params: dict[str, Any] = open_msg.params
+        self.config = config
+        self.send = send
+        self.on_done = on_done
+        self.endpoint = Endpoint(self.id, open_msg.window, WINDOW)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.master = -1
+        self._reading = False
+        self._pending_input = bytearray()
+        self._eof = False
+        self._finished = asyncio.Event()
+        self._expiry: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        user = str(self.params.get("user") or self.config.session_user)
+        if not self.config.allows(user):
+            raise ChannelRefused("RunAsNotAllowed",
+                                 f"this agent's allowed_users does not include {user!r}")
+        try:
+            if user == self.config.session_user:
+                ensure_session_user(user, self.config.session_user_sudo)
+            account = run_as(user)
+        except RunAsError as exc:
+            raise ChannelRefused(exc.code, str(exc)) from None
+        command = self.params.get("command")
+        argv = [account.shell, "-l"] + (["-c", str(command)] if command else [])
+        env = account.env(TERM=str(self.params.get("term") or "xterm-256color"))
+        master, slave = os.openpty()
+        try:
+            set_winsize(slave, int(self.params.get("cols", 80)), int(self.params.get("rows", 24)))
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=slave, stdout=slave, stderr=slave, cwd=account.home, env=env,
+                start_new_session=True, preexec_fn=_make_controlling_tty,
+                **account.popen,  # type: ignore[arg-type]
+            )
+        except OSError as exc:
+            os.close(master)
+            raise ChannelRefused("ProcessCreateFailed", f"cannot start {argv[0]}: {exc}") from None
+        finally:
+            os.close(slave)
+        self.master = master
+        os.set_blocking(master, False)
+        log.info("channel %d: shell for %s started (pid %d)", self.id, user, self.proc.pid)
+        self.send(ChannelAccept(self.id, WINDOW))
+        self._update_reader()
+        asyncio.create_task(self._wait())
+
+    # --- output: PTY -> peer -----------------------------------------------------------
+
+    def _update_reader(self) -> None:
+        want = not self._eof and self.endpoint.sender.available() > 0
+        loop = asyncio.get_running_loop()
+        if want and not self._reading:
+            loop.add_reader(self.master, self._on_readable)
+        elif not want and self._reading:
+            loop.remove_reader(self.master)
+        self._reading = want
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.master, min(self.endpoint.sender.available(), MAX_CHUNK))
+        except BlockingIOError:
+            return
+        except OSError as exc:  # EIO: every process holding the PTY's other side is gone
+            if exc.errno != errno.EIO:
+                log.warning("channel %d: reading the PTY failed: %s", self.id, exc)
+            data = b""
+        if not data:
+            self._eof = True
+            self._update_reader()
+            self._finished.set()
+            return
+        self.send(self.endpoint.sender.send(data))
+        self._update_reader()
+
+    # --- input: peer -> PTY ------------------------------------------------------------
+
+    def _write_input(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending_input:
+            try:
+                n = os.write(self.master, self._pending_input)
+            except BlockingIOError:
+                loop.add_writer(self.master, self._on_writable)
+                return
+            except OSError:
+                self._pending_input.clear()
+                return
+            del self._pending_input[:n]
+            self.endpoint.receiver.consumed(n)
+        if self.endpoint.receiver.should_ack():
+            self.send(self.endpoint.receiver.ack())
+
+    def _on_writable(self) -> None:
+        asyncio.get_running_loop().remove_writer(self.master)
+        self._write_input()
+
+    def handle(self, message: Message) -> None:
+        if isinstance(message, ChannelData):
+            data = self.endpoint.receiver.on_data(message)
+            if data and self.master >= 0:
+                self._pending_input += data
+                self._write_input()
+            elif not data and self.endpoint.receiver.should_ack():
+                self.send(self.endpoint.receiver.ack())
+        elif isinstance(message, ChannelAck):
+            self.endpoint.sender.on_ack(message)
+            self._update_reader()
+            if self.endpoint.close_message is not None and self.endpoint.complete():
+                self._forget()
+        elif isinstance(message, ChannelResume):
+            for out in self.endpoint.on_resume(message):
+                self.send(out)
+            self._update_reader()
+        elif isinstance(message, TerminalResize):
+            if self.master >= 0:
+                set_winsize(self.master, message.cols, message.rows)
+        elif isinstance(message, ChannelClose):
+            log.info("channel %d: closed by the peer (%s)", self.id, message.reason)
+            asyncio.create_task(self.terminate())
+
+    # --- lifetime ----------------------------------------------------------------------
+
+    async def _wait(self) -> None:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        # Output written just before the exit may still be in the PTY: read it out until EOF.
+        # While credit is exhausted that waits for the peer (up to resume_timeout); if EOF
+        # does not come although we can read, a leftover process holds the PTY: end it.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.resume_timeout
+        while not self._finished.is_set() and loop.time() < deadline:
+            try:
+                await asyncio.wait_for(self._finished.wait(), 1.0)
+            except TimeoutError:
+                if self.endpoint.sender.available() > 0:
+                    self._kill_session(signal.SIGHUP)
+                    self._kill_session(signal.SIGKILL)
+        self._kill_session(signal.SIGKILL)
+        self._close_master()
+        status = 128 - code if code < 0 else code
+        log.info("channel %d: shell exited with %d", self.id, status)
+        self.send(self.endpoint.close("exited", status))
+        if self.endpoint.complete():
+            self._forget()
+        else:  # keep the replay buffer until the peer has everything, within reason
+            self._expiry = asyncio.create_task(self._expire(self.config.resume_timeout))
+
+    async def terminate(self) -> None:
+        """End the session: SIGHUP to everything in it, then SIGKILL."""
+        if self.proc is None or self.proc.returncode is not None:
+            self._forget()
+            return
+        self._kill_session(signal.SIGHUP)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.proc.wait()), KILL_GRACE)
+        except TimeoutError:
+            self._kill_session(signal.SIGKILL)
+        self._finished.set()  # do not wait for output nobody will read
+
+    def _kill_session(self, sig: int) -> None:
+        if self.proc is None:
+            return
+        for pid in session_processes(self.proc.pid) or [self.proc.pid]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+    def link_down(self) -> None:
+        """The server went away: end the session unless it comes back in time."""
+        if self._expiry is None:
+            self._expiry = asyncio.create_task(self._expire(self.config.resume_timeout))
+
+    def link_up(self) -> None:
+        if self._expiry is not None and self.endpoint.close_message is None:
+            self._expiry.cancel()
+            self._expiry = None
+        self.send(self.endpoint.resume())
+
+    async def _expire(self, after: float) -> None:
+        await asyncio.sleep(after)
+        log.warning("channel %d: no peer for %.0f s; ending it", self.id, after)
+        await self.terminate()
+        self._forget()
+
+    def _close_master(self) -> None:
+        if self.master >= 0:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self.master)
+            loop.remove_writer(self.master)
+            os.close(self.master)
+            self.master = -1
+            self._reading = False
+
+    def _forget(self) -> None:
+        self._close_master()
+        self.on_done(self.id)

@@ -1,0 +1,360 @@
+"""Terminal sessions: the relay between an operator's stream and an agent's shell channel.
+
+The server does not buffer session data: operator and agent run the channel state machine
+end to end (sequence numbers, acks, credit, replay), and the server forwards frames between
+them, records output, and enforces policy, timeouts and the region gate. A session's routing
+lives in the database, so a restarted server picks its open sessions up again and both ends
+resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from proto import ProtocolError
+from proto.channel import DEFAULT_WINDOW
+from proto.ids import new_session_id
+from proto.messages import (
+    MAX_FRAME_SIZE,
+    ChannelAccept,
+    ChannelAck,
+    ChannelClose,
+    ChannelData,
+    ChannelOpen,
+    ChannelResume,
+    Error,
+    Message,
+    TerminalResize,
+    decode,
+    encode,
+)
+from server.config import ServerConfig
+from server.errors import ApiError
+from server.gateway import AgentLink, Gateway
+from server.recording import Recorder
+from server.storage import Repository
+
+log = logging.getLogger("porthole.sessions")
+
+CHANNEL_MESSAGES = (ChannelAccept, ChannelData, ChannelAck, ChannelResume, ChannelClose,
+                    TerminalResize)
+OPEN_TIMEOUT = 15.0
+TERMINATE_GRACE = 5.0
+SWEEP_INTERVAL = 1.0
+
+
+@dataclass
+class Session:
+    id: str
+    instance_id: str
+    region: str
+    channel: int
+    owner: str
+    run_as: str
+    recorder: Recorder
+    idle_timeout: float  # seconds
+    max_duration: float | None
+    started: float = field(default_factory=time.time)
+    last_input: float = field(default_factory=time.time)
+    client: web.WebSocketResponse | None = None
+    client_out: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+    client_gone_since: float | None = field(default_factory=time.time)
+    agent_gone_since: float | None = None
+    recorded_seq: int = 0
+    accepted: asyncio.Future[Message] | None = None
+    end_reason: str = ""  # why the server ended it, shown to the operator
+    closed: ChannelClose | None = None  # the agent's final close
+    closed_at: float | None = None
+    terminate_sent_at: float | None = None
+
+
+class SessionManager:
+    def __init__(self, config: ServerConfig, repo: Repository, gateway: Gateway) -> None:
+        self.config = config
+        self.repo = repo
+        self.gateway = gateway
+        self.sessions: dict[str, Session] = {}
+        self._by_channel: dict[tuple[str, int], Session] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        gateway.on_channel = self.from_agent
+        gateway.on_disconnect = self.agent_down
+
+    async def start(self) -> None:
+        """Pick up sessions a previous run of this server left open."""
+        for row in await self.repo.list_sessions(active=True):
+            if row["status"] != "Active":
+                await self.repo.update_session(row["id"], status="Failed", ended_at=time.time(),
+                                               end_reason="server restarted while connecting")
+                continue
+            region = await self._region(row["region"])
+            session = self._make(row["id"], row["instance_id"], row["region"], row["channel"],
+                                 row["owner"], row["run_as"], region, {}, row["recording"])
+            session.agent_gone_since = time.time()
+            session.started = row["started_at"]
+            self._add(session)
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for session in list(self.sessions.values()):
+            if session.client is not None:
+                await session.client.close(code=1012, message=b"server restarting")
+            session.recorder.close()
+
+    def _make(self, session_id: str, instance_id: str, region: str, channel: int, owner: str,
+              run_as: str, region_row: dict[str, Any], meta: dict[str, Any],
+              recording: str = "") -> Session:
+        path = self.config.path(recording or f"recordings/{session_id}.cast")
+        recorder = Recorder(path, int(meta.get("cols", 80)), int(meta.get("rows", 24)), meta,
+                            self.config.record_input)
+        max_minutes = region_row.get("max_session_duration")
+        return Session(session_id, instance_id, region, channel, owner, run_as, recorder,
+                       float(region_row.get("idle_timeout") or 20) * 60,
+                       float(max_minutes) * 60 if max_minutes else None)
+
+    def _add(self, session: Session) -> None:
+        self.sessions[session.id] = session
+        self._by_channel[(session.instance_id, session.channel)] = session
+
+    def _remove(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        self._by_channel.pop((session.instance_id, session.channel), None)
+        session.recorder.close()
+
+    async def _region(self, name: str) -> dict[str, Any]:
+        rows = await self.repo.regions(name)
+        return rows[0] if rows else {}
+
+    # --- opening ------------------------------------------------------------------------
+
+    async def open(self, owner: str, instance: dict[str, Any], run_as: str | None,
+                   command: str, reason: str, cols: int, rows: int, term: str,
+                   source_ip: str) -> Session:
+        region = await self._region(instance["region"])
+        if not region.get("session_manager_enabled", False):
+            raise ApiError(
+                403, "SessionManager.Disabled",
+                f"Session Manager is disabled in region {instance['region']}; enable it with "
+                f"`porthole settings session-manager --region {instance['region']} --enable`",
+            )
+        link = self.gateway.link(instance["id"])
+        if link is None:
+            raise ApiError(409, "InstanceNotConnected",
+                           f"the agent of {instance['id']} is not connected; check "
+                           "`porthole instances` and the agent's service")
+        channel = secrets.randbelow(2**31 - 1) + 1
+        while (instance["id"], channel) in self._by_channel:
+            channel = secrets.randbelow(2**31 - 1) + 1
+        session_id = new_session_id()
+        meta = {"cols": cols, "rows": rows, "term": term,
+                "title": f"{owner} on {instance['id']} as {run_as or 'default user'}"}
+        session = self._make(session_id, instance["id"], instance["region"], channel, owner,
+                             run_as or "", region, meta)
+        session.accepted = asyncio.get_running_loop().create_future()
+        self._add(session)
+        await self.repo.create_session(
+            id=session_id, instance_id=instance["id"], region=instance["region"],
+            channel=channel, owner=owner, run_as=run_as or "", command=command, reason=reason,
+            source_ip=source_ip, status="Connecting",
+            recording=str(session.recorder.path.relative_to(self.config.data_dir)),
+        )
+        params = {"session_id": session_id, "cols": cols, "rows": rows, "term": term}
+        if run_as:
+            params["user"] = run_as
+        if command:
+            params["command"] = command
+        try:
+            await link.send(ChannelOpen(channel, "shell", DEFAULT_WINDOW // 4, params))
+            answer = await asyncio.wait_for(session.accepted, OPEN_TIMEOUT)
+        except (TimeoutError, ConnectionError, RuntimeError) as exc:
+            answer = ChannelClose(channel, f"the agent did not answer ({exc or 'timeout'})")
+        if isinstance(answer, ChannelClose):
+            self._remove(session)
+            await self.repo.update_session(session_id, status="Failed", ended_at=time.time(),
+                                           end_reason=answer.reason)
+            raise ApiError(400, "SessionRefused",
+                           f"the agent refused the session: {answer.reason}")
+        await self.repo.update_session(session_id, status="Active")
+        log.info("session %s: %s on %s as %s", session_id, owner, instance["id"],
+                 run_as or "default user")
+        return session
+
+    # --- agent side ---------------------------------------------------------------------
+
+    async def from_agent(self, link: AgentLink, message: Message, raw: bytes) -> None:
+        session = self._by_channel.get((link.instance_id, message.channel))  # type: ignore[attr-defined]
+        if session is None:
+            if not isinstance(message, ChannelClose):
+                await link.send(ChannelClose(message.channel,  # type: ignore[attr-defined]
+                                             "no such session on the server"))
+            return
+        session.agent_gone_since = None
+        if isinstance(message, ChannelAccept):
+            if session.accepted is not None and not session.accepted.done():
+                session.accepted.set_result(message)
+            return
+        if isinstance(message, ChannelClose) and session.accepted is not None \
+                and not session.accepted.done():
+            session.accepted.set_result(message)
+            return
+        if isinstance(message, ChannelData) and message.seq > session.recorded_seq:
+            session.recorded_seq = message.seq
+            session.recorder.output(message.data)
+        if isinstance(message, ChannelClose):
+            if session.end_reason:
+                raw = encode(ChannelClose(message.channel, session.end_reason,
+                                          message.exit_code, message.last_seq))
+            if session.closed is None:
+                await self._ended(session, message)
+            session.closed = message
+        self._to_client(session, raw)
+
+    async def _ended(self, session: Session, close: ChannelClose) -> None:
+        session.closed_at = time.time()
+        reason = session.end_reason or close.reason
+        await self.repo.update_session(session.id, status="Terminated", ended_at=time.time(),
+                                       exit_code=close.exit_code, end_reason=reason)
+        await self.repo.audit(principal=f"user/{session.owner}", action="SessionEnd",
+                              resource=self._arn(session), outcome="Allowed",
+                              detail=json.dumps({"SessionId": session.id,
+                                                 "ExitCode": close.exit_code,
+                                                 "Reason": reason}))
+        log.info("session %s ended: %s (exit %s)", session.id, reason, close.exit_code)
+
+    def _arn(self, session: Session) -> str:
+        return self.gateway.instance_arn(session.region, session.instance_id)
+
+    def _to_client(self, session: Session, raw: bytes) -> None:
+        if session.client is not None:
+            session.client_out.put_nowait(raw)  # bounded: the agent sends within its credit
+
+    async def agent_down(self, instance_id: str) -> None:
+        now = time.time()
+        for session in self.sessions.values():
+            if session.instance_id == instance_id and session.agent_gone_since is None:
+                session.agent_gone_since = now
+
+    async def _to_agent(self, session: Session, raw: bytes) -> None:
+        link = self.gateway.link(session.instance_id)
+        if link is not None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await link.send_raw(raw)
+
+    # --- operator side ------------------------------------------------------------------
+
+    async def stream(self, request: web.Request, session: Session) -> web.WebSocketResponse:
+        """The operator's WebSocket for one session (replaces an earlier one)."""
+        ws = web.WebSocketResponse(heartbeat=self.config.heartbeat_interval, compress=False,
+                                   max_msg_size=MAX_FRAME_SIZE)
+        await ws.prepare(request)
+        if session.client is not None:
+            await session.client.close(code=1008, message=b"replaced by a newer connection")
+        session.client = ws
+        session.client_out = queue = asyncio.Queue()
+        session.client_gone_since = None
+        writer = asyncio.create_task(self._client_writer(ws, queue))
+        if session.closed is not None:  # ended while the operator was away
+            queue.put_nowait(encode(session.closed))
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.BINARY:
+                    raise ProtocolError("expected binary frames", "MalformedFrame")
+                message = decode(msg.data)
+                if not isinstance(message, CHANNEL_MESSAGES) or \
+                        message.channel != session.channel:
+                    raise ProtocolError(f"unexpected {message.TYPE} on session stream",
+                                        "UnexpectedMessage")
+                await self._from_client(session, message, msg.data)
+        except ProtocolError as exc:
+            log.warning("session %s: operator protocol error: %s", session.id, exc)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_bytes(encode(Error(exc.code, str(exc))))
+            await ws.close(code=1002, message=exc.code.encode())
+        finally:
+            writer.cancel()
+            if session.client is ws:
+                session.client = None
+                session.client_gone_since = time.time()
+        return ws
+
+    async def _client_writer(self, ws: web.WebSocketResponse, queue: asyncio.Queue[bytes]
+                             ) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while True:
+                await ws.send_bytes(await queue.get())
+
+    async def _from_client(self, session: Session, message: Message, raw: bytes) -> None:
+        if isinstance(message, ChannelData):
+            session.last_input = time.time()
+            session.recorder.input(message.data)
+        elif isinstance(message, TerminalResize):
+            session.recorder.resize(message.cols, message.rows)
+        elif isinstance(message, ChannelAck) and session.closed is not None \
+                and message.ack >= session.closed.last_seq:
+            self._remove(session)  # the operator has everything; forward the final ack
+        elif isinstance(message, ChannelClose) and not session.end_reason:
+            session.end_reason = message.reason or "closed by the operator"
+            session.terminate_sent_at = time.time()
+        await self._to_agent(session, raw)
+
+    # --- ending -------------------------------------------------------------------------
+
+    async def terminate(self, session: Session, reason: str) -> None:
+        """End a session for a reason the operator will read."""
+        if session.closed is not None:
+            return
+        session.end_reason = reason
+        session.terminate_sent_at = time.time()
+        await self._to_agent(session, encode(ChannelClose(session.channel, reason)))
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            for session in list(self.sessions.values()):
+                try:
+                    await self._check(session, time.time())
+                except Exception:
+                    log.exception("session %s: sweep failed", session.id)
+
+    async def _check(self, session: Session, now: float) -> None:
+        grace = self.config.session_resume_timeout
+        if session.closed is not None:
+            if session.closed_at and now - session.closed_at > grace:
+                self._remove(session)  # the operator never came back for the rest
+            return
+        if session.accepted is not None and not session.accepted.done():
+            return
+        if session.terminate_sent_at is not None:
+            if now - session.terminate_sent_at > TERMINATE_GRACE:
+                await self._abandon(session, session.end_reason)
+            return
+        if session.agent_gone_since is not None and now - session.agent_gone_since > grace:
+            await self._abandon(session, f"the agent was unreachable for {grace:.0f} s")
+        elif session.client_gone_since is not None and now - session.client_gone_since > grace:
+            await self.terminate(session, f"the operator was disconnected for {grace:.0f} s")
+        elif now - session.last_input > session.idle_timeout:
+            await self.terminate(
+                session, f"idle for {session.idle_timeout / 60:.0f} min (the idle timeout of "
+                f"region {session.region})")
+        elif session.max_duration and now - session.started > session.max_duration:
+            await self.terminate(
+                session, f"the maximum session duration of {session.max_duration / 60:.0f} min "
+                f"in region {session.region} was reached")
+
+    async def _abandon(self, session: Session, reason: str) -> None:
+        """The agent cannot confirm the end: end the session on the server's word."""
+        close = ChannelClose(session.channel, reason, None, 0)
+        session.end_reason = reason
+        await self._ended(session, close)
+        session.closed = close
+        self._to_client(session, encode(close))

@@ -63,6 +63,9 @@ class TerminalSession:
         self.done: asyncio.Future[int] | None = None
         self._reading_stdin = False
         self._stdin_eof = False
+        self._pollable = True
+        self._credit = asyncio.Event()
+        self._file_reader: asyncio.Future[None] | None = None
         self._out = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stdout")
         self._out_lock = asyncio.Lock()
 
@@ -186,8 +189,18 @@ class TerminalSession:
     def _update_stdin(self) -> None:
         want = (self.ws is not None and not self._stdin_eof
                 and self.endpoint.sender.available() > 0)
+        if want and not self._pollable:
+            self._credit.set()
+            if self._file_reader is None:
+                self._file_reader = asyncio.ensure_future(self._read_unpollable_stdin())
+            return
         if want and not self._reading_stdin:
-            asyncio.get_running_loop().add_reader(self.stdin, self._on_stdin)
+            try:
+                asyncio.get_running_loop().add_reader(self.stdin, self._on_stdin)
+            except PermissionError:  # a regular file or /dev/null: epoll cannot watch it
+                self._pollable = False
+                self._update_stdin()
+                return
         elif not want and self._reading_stdin:
             asyncio.get_running_loop().remove_reader(self.stdin)
         self._reading_stdin = want
@@ -197,13 +210,30 @@ class TerminalSession:
             asyncio.get_running_loop().remove_reader(self.stdin)
             self._reading_stdin = False
 
+    async def _read_unpollable_stdin(self) -> None:
+        """Stdin that epoll cannot watch (a file): read it in a thread as credit allows."""
+        loop = asyncio.get_running_loop()
+        while not self._stdin_eof:
+            await self._credit.wait()
+            room = min(self.endpoint.sender.available(), MAX_CHUNK)
+            if self.ws is None or room <= 0:
+                self._credit.clear()
+                continue
+            data = await loop.run_in_executor(None, os.read, self.stdin, room)
+            self._got_stdin(data)
+
     def _on_stdin(self) -> None:
         room = min(self.endpoint.sender.available(), MAX_CHUNK)
         try:
             data = os.read(self.stdin, max(1, room - 1))  # room for a held-back "~"
         except (BlockingIOError, InterruptedError):
             return
+        self._got_stdin(data)
+
+    def _got_stdin(self, data: bytes) -> None:
         if not data:
+            if self.escapes is None and self.endpoint.sender.available():
+                self._send(self.endpoint.sender.send(b"\x04"))  # EOF, as ^D on a terminal
             self._stdin_eof = True
             self._update_stdin()
             return

@@ -1,4 +1,4 @@
-"""`make demo`: a throwaway server and one local agent, then a command through them.
+"""`make demo`: a throwaway server and one local agent, then a shell session through them.
 
 Everything lives in a temporary directory and every process started here is stopped on the
 way out (normal exit, Ctrl-C or error).
@@ -96,10 +96,21 @@ def main() -> int:
         say(f"agent {instance} dialled out and is online; its instance list:")
         subprocess.run([str(BIN / "porthole"), "instances", "--output", "table"], env=env)
         user = [] if os.geteuid() == 0 else ["--user", getpass.getuser()]
-        say(f"running `uname -a; id` on {instance} through the server:")
-        result = subprocess.run([str(BIN / "porthole"), "run", instance, *user, "--script",
-                                 "uname -a; id", "--output", "text"], env=env)
-        return result.returncode
+        say(f"RunCommand `uname -a; id` on {instance} through the server:")
+        subprocess.run([str(BIN / "porthole"), "run", instance, *user, "--script",
+                        "uname -a; id", "--output", "text"], env=env, check=True)
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            say(f"opening a shell on {instance}: type `exit` (or ~. after a newline) to leave")
+            result = subprocess.run([str(BIN / "porthole"), "session", instance, *user,
+                                     "--reason", "make demo"], env=env)
+        else:
+            say(f"no terminal here, so a one-command session instead of a shell on {instance}:")
+            result = subprocess.run([str(BIN / "porthole"), "session", instance, *user,
+                                     "--command", "uname -a; id; tty"], env=env)
+        say(f"the session ended with status {result.returncode}; it was recorded:")
+        subprocess.run([str(BIN / "porthole"), "sessions", "list", "--output", "table"],
+                       env=env)
+        return 0
     except (subprocess.CalledProcessError, RuntimeError) as exc:
         stderr = getattr(exc, "stderr", "") or ""
         print(f"demo failed: {exc} {stderr}".strip(), file=sys.stderr)

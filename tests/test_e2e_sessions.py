@@ -274,3 +274,16 @@ def test_resume_after_links_are_cut_loses_and_duplicates_nothing(tmp_path):
             agent.stop()
         proxy.close()
         server.stop()
+
+
+def test_piped_stdin_reaches_the_remote_command(server, make_agent, tmp_path):
+    agent = make_agent()
+    script = tmp_path / "input.txt"
+    script.write_text("first line\n")
+    with open(script) as stdin:
+        result = subprocess.run(
+            [str(BIN / "porthole"), "session", agent.instance_id, "--command",
+             "read a; echo got:$a; cat >/dev/null; echo eof-seen"],
+            stdin=stdin, capture_output=True, text=True, env=server.env(), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "got:first line" in result.stdout and "eof-seen" in result.stdout

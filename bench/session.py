@@ -180,7 +180,7 @@ def openssh(sshd: str, root: Path) -> Iterator[tuple[list[str], dict[str, str]]]
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
     log = open(root / "sshd.log", "wb")  # noqa: SIM115 - owned by the process
     proc = subprocess.Popen([sshd, "-f", str(config), "-D", "-e"], stdout=log,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, start_new_session=True)
     ssh = ["ssh", "-tt", "-i", str(client_key), "-o", "StrictHostKeyChecking=no",
            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-p", str(port),
            "root@127.0.0.1"]
@@ -189,7 +189,7 @@ def openssh(sshd: str, root: Path) -> Iterator[tuple[list[str], dict[str, str]]]
         wait_for(lambda: _ssh_works(ssh, proc, root), 20, "sshd to accept the client key")
         yield ssh, env
     finally:
-        _stop(proc)
+        _stop(proc, group=True)  # with its per-connection children
         log.close()
 
 

@@ -406,14 +406,6 @@ class Repository:
             stmt = stmt.where(sessions.c.status.in_(["Connecting", "Active"]))
         return await self._all(stmt)
 
-    async def end_stale_sessions(self, reason: str) -> None:
-        """Sessions left open by a previous run of a single server cannot be resumed."""
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                sessions.update().where(sessions.c.status.in_(["Connecting", "Active"]))
-                .values(status="Terminated", ended_at=time.time(), end_reason=reason)
-            )
-
     # --- audit --------------------------------------------------------------------------
 
     async def audit(self, **entry: Any) -> None:

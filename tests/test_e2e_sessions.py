@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 import uuid
@@ -287,3 +288,43 @@ def test_piped_stdin_reaches_the_remote_command(server, make_agent, tmp_path):
             stdin=stdin, capture_output=True, text=True, env=server.env(), timeout=60)
     assert result.returncode == 0, result.stderr
     assert "got:first line" in result.stdout and "eof-seen" in result.stdout
+
+
+def test_sigterm_to_the_cli_restores_the_terminal_and_ends_the_session(server, make_agent):
+    agent = make_agent()
+    child = pexpect.spawn("/bin/bash", ["--norc", "--noprofile"], env=server.env(PS1="outer$ "),
+                          encoding="utf-8", timeout=20)
+    child.expect("outer\\$ ")
+    child.sendline("stty -g > /tmp/before-$$")
+    child.expect("outer\\$ ")
+    child.sendline(f"{BIN / 'porthole'} session {agent.instance_id} --command 'sleep 600'; "
+                   "echo status=$?")
+    wait_for(lambda: server.cli_json("sessions", "list", "--active")["Sessions"], 20,
+             "session open")
+    cli_pid = int(subprocess.run(["pgrep", "-f", f"porthole session {agent.instance_id}"],
+                                 capture_output=True, text=True).stdout.split()[0])
+    os.kill(cli_pid, signal.SIGTERM)
+    child.expect("status=255")
+    child.sendline("stty -g | cmp - /tmp/before-$$ && echo restored; rm /tmp/before-$$")
+    child.expect("restored")
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
+    wait_for(lambda: not server.cli_json("sessions", "list", "--active")["Sessions"], 20,
+             "session ended")
+
+
+@pytest.mark.slow
+def test_an_open_session_survives_a_server_restart(server, make_agent):
+    agent = make_agent()
+    child = spawn_session(server, agent.instance_id)
+    child.logfile_read = transcript = io.StringIO()
+    child.expect(PROMPT)
+    child.sendline("echo before-$((1+1))")
+    child.expect("before-2")
+    server.stop()
+    server.start()
+    child.sendline("echo after-$((2+2))")
+    child.expect("after-4", timeout=60)
+    child.sendline("exit 0")
+    assert finish(child) == 0
+    assert transcript.getvalue().count("before-2") == 1

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import time
+from typing import Any
 
 from agent.config import AgentConfig
 from agent.users import RunAsError, run_as
-from proto.messages import MAX_RESULT_OUTPUT, CommandResult, CommandRun
+from proto.messages import MAX_RESULT_OUTPUT, CommandResult, CommandResultAck, CommandRun
+
+log = logging.getLogger("porthole.agent.commands")
 
 DRAIN_AFTER_EXIT = 1.0
 """Seconds to keep reading output after the script exits (a background child may hold it)."""
@@ -85,6 +89,46 @@ async def run_script(msg: CommandRun, config: AgentConfig) -> CommandResult:
         return _result(msg, "Failed", "ExitCodeNonzero", f"exit code {code}", code,
                        bytes(output), dropped, started)
     return _result(msg, "Success", "", "", 0, bytes(output), dropped, started)
+
+
+class CommandRunner:
+    """Runs the server's commands and keeps each result until the server acknowledges it."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self.unacked: dict[str, CommandResult] = {}
+        self.running: dict[str, asyncio.Task[None]] = {}
+        agent.handlers[CommandRun] = self._on_run
+        agent.handlers[CommandResultAck] = self._on_ack
+        agent.connect_hooks.append(self._resend)
+
+    def _on_run(self, message: CommandRun) -> None:
+        if message.invocation_id in self.running or message.invocation_id in self.unacked:
+            return  # already running or done: a redelivery
+        self.running[message.invocation_id] = asyncio.create_task(self._run(message))
+
+    def _on_ack(self, message: CommandResultAck) -> None:
+        self.unacked.pop(message.invocation_id, None)
+
+    def _resend(self) -> None:
+        for result in list(self.unacked.values()):
+            self.agent.send(result)
+
+    async def _run(self, message: CommandRun) -> None:
+        log.info("running %s as %s (timeout %d s)", message.invocation_id, message.username,
+                 message.timeout)
+        try:
+            result = await run_script(message, self.agent.config)
+        except Exception as exc:  # report, never lose the invocation in silence
+            log.exception("command %s failed to run", message.invocation_id)
+            result = CommandResult(message.invocation_id, "Error", None, "AgentError", str(exc),
+                                   b"", 0, time.time(), time.time())
+        finally:
+            self.running.pop(message.invocation_id, None)
+        self.unacked[message.invocation_id] = result
+        log.info("%s finished: %s exit %s", message.invocation_id, result.status,
+                 result.exit_code)
+        self.agent.send(result)
 
 
 def _kill_group(pgid: int) -> None:

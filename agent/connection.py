@@ -7,13 +7,13 @@ import contextlib
 import logging
 import random
 import time
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from agent.commands import run_script
 from agent.config import AgentConfig
 from agent.shell import ChannelRefused, ShellChannel
 from agent.state import AgentState
@@ -30,9 +30,6 @@ from proto.messages import (
     ChannelData,
     ChannelOpen,
     ChannelResume,
-    CommandResult,
-    CommandResultAck,
-    CommandRun,
     Error,
     Heartbeat,
     HeartbeatAck,
@@ -79,8 +76,10 @@ class Agent:
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
         self.url = gateway_url(state.server)
         self.ssl = state.ssl_context()
-        self.unacked: dict[str, CommandResult] = {}  # results the server has not confirmed
-        self.running: dict[str, asyncio.Task[None]] = {}
+        self.handlers: dict[type[Message], Callable[[Any], None]] = {}
+        """Message kinds served by a capability module (see agent.commands)."""
+        self.connect_hooks: list[Callable[[], None]] = []
+        """Called after every (re)connection, e.g. to resend what the server has not acked."""
         self._ws: ClientConnection | None = None
         self.connected_at: float | None = None
 
@@ -116,8 +115,8 @@ class Agent:
             heartbeat = asyncio.create_task(self._heartbeats(ws, interval))
             writer = asyncio.create_task(self._writer(ws, self._outbox))
             try:
-                for result in list(self.unacked.values()):
-                    self.send(result)
+                for hook in self.connect_hooks:
+                    hook()
                 for channel in list(self.channels.values()):
                     channel.link_up()
                 async for frame in ws:
@@ -208,13 +207,8 @@ class Agent:
                 self.send(ChannelClose(message.channel, "no such channel on this agent"))
         elif isinstance(message, ChannelOpen):
             asyncio.create_task(self._open_channel(message))
-        elif isinstance(message, CommandRun):
-            if message.invocation_id in self.running or message.invocation_id in self.unacked:
-                return  # already running or done: a redelivery
-            task = asyncio.create_task(self._command(message))
-            self.running[message.invocation_id] = task
-        elif isinstance(message, CommandResultAck):
-            self.unacked.pop(message.invocation_id, None)
+        elif type(message) in self.handlers:
+            self.handlers[type(message)](message)
         elif isinstance(message, HeartbeatAck):
             pass
         elif isinstance(message, Error):
@@ -223,22 +217,6 @@ class Agent:
             log.warning("server error %s: %s", message.code, message.message)
         else:
             raise ProtocolError(f"unexpected {message.TYPE} from the server", "UnexpectedMessage")
-
-    async def _command(self, message: CommandRun) -> None:
-        log.info("running %s as %s (timeout %d s)", message.invocation_id, message.username,
-                 message.timeout)
-        try:
-            result = await run_script(message, self.config)
-        except Exception as exc:  # report, never lose the invocation in silence
-            log.exception("command %s failed to run", message.invocation_id)
-            result = CommandResult(message.invocation_id, "Error", None, "AgentError", str(exc),
-                                   b"", 0, time.time(), time.time())
-        finally:
-            self.running.pop(message.invocation_id, None)
-        self.unacked[message.invocation_id] = result
-        log.info("%s finished: %s exit %s", message.invocation_id, result.status,
-                 result.exit_code)
-        self.send(result)
 
 
 def _describe(exc: BaseException) -> str:

@@ -62,6 +62,7 @@ def register(server: str, ca_file: Path, activation_id: str, activation_code: st
 @click.option("--log-level", default="INFO", show_default=True)
 def run(state_dir: Path | None, log_format: str, log_level: str) -> None:
     """Connect to the server and serve until stopped (reconnects forever)."""
+    from agent.commands import CommandRunner
     from agent.config import AgentConfig, AgentConfigError
     from agent.connection import Agent
     from agent.state import AgentState
@@ -69,6 +70,7 @@ def run(state_dir: Path | None, log_format: str, log_level: str) -> None:
     try:
         state = AgentState.load(state_dir or default_state_dir())
         agent = Agent(state, AgentConfig.load(state.directory))
+        CommandRunner(agent)
     except (StateError, AgentConfigError, ValueError) as exc:
         _fail(str(exc))
     _setup_logging(log_format, log_level)

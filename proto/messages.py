@@ -220,7 +220,9 @@ class CommandResultAck(Message):
     invocation_id: str
 
 
-MESSAGE_TYPES: tuple[type[Message], ...] = tuple(_REGISTRY.values())
+def message_types() -> tuple[type[Message], ...]:
+    """Every registered message type (each message module registers its own on import)."""
+    return tuple(_REGISTRY.values())
 
 
 # --- codec -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ OpenAPI document both come from that declaration.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import uuid
@@ -16,8 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
+from proto.ids import is_instance_id
 from server.auth import authenticate
-from server.authz import Principal
+from server.authz import Principal, authorize
 from server.errors import ApiError, invalid_parameter
 
 log = logging.getLogger("porthole.api")
@@ -240,3 +242,40 @@ def openapi_document(version: str) -> dict[str, Any]:
                                                  "RequestId": {"type": "string"}}}},
         },
     }
+
+
+# --- helpers shared by the action modules ------------------------------------------------
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def region_arn(ctx: Context, region: str, kind: str, ident: str) -> str:
+    return f"acs:ecs:{region}:{ctx.services.config.account_id}:{kind}/{ident}"
+
+
+async def check_region(ctx: Context, region: str) -> None:
+    if region not in await ctx.services.repo.region_names():
+        raise ApiError(
+            400, "InvalidRegionId.NotFound",
+            f"region {region!r} is not served here; known: "
+            + ", ".join(await ctx.services.repo.region_names()),
+        )
+
+
+def authorize_resource(ctx: Context, ram_action: str, resource: str, **context: object) -> None:
+    ctx.resources.append(resource)
+    authorize(ctx.principal, ram_action, resource, context)
+
+
+
+async def instance_row(ctx: Context, instance_id: str) -> dict[str, Any]:
+    if not is_instance_id(instance_id):
+        raise invalid_parameter("InstanceId", f"{instance_id[:64]!r} is not an mi-… instance id")
+    row = await ctx.services.repo.instance(instance_id)
+    if row is None or row["deregistered_at"] is not None:
+        raise ApiError(404, "InvalidInstance.NotFound", f"instance {instance_id} is not registered")
+    return row

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-import server.handlers  # noqa: F401  (registers the API actions)
+import server.api_commands  # noqa: F401  (each api_* module registers its actions)
+import server.api_instances  # noqa: F401
+import server.api_sessions  # noqa: F401
 from server import __version__
 from server.api import dispatch, error_response, openapi_document
 from server.auth import authenticate

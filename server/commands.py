@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from proto.ids import new_invocation_id
-from proto.messages import CommandResult, CommandRun
-from server.gateway import Gateway
+from proto.messages import CommandResult, CommandResultAck, CommandRun
+from server.gateway import AgentLink, Gateway
 from server.storage import FINAL_STATUSES, Repository
 
 log = logging.getLogger("porthole.commands")
@@ -34,7 +34,7 @@ class CommandService:
     def __init__(self, repo: Repository, gateway: Gateway) -> None:
         self.repo = repo
         self.gateway = gateway
-        gateway.on_result = self.store_result
+        gateway.handlers[CommandResult] = self._on_result
 
     async def run(
         self, instance_ids: Sequence[str], content: str, command_type: str, username: str,
@@ -72,6 +72,10 @@ class CommandService:
             else:
                 await self.repo.set_result_status(invocation_id, iid, "Running")
         return invocation_id
+
+    async def _on_result(self, link: AgentLink, result: CommandResult, _raw: bytes) -> None:
+        await self.store_result(link.instance_id, result)
+        await link.send(CommandResultAck(result.invocation_id))
 
     async def store_result(self, instance_id: str, result: CommandResult) -> None:
         stored = await self.repo.store_result(instance_id, {

@@ -23,13 +23,6 @@ from proto.messages import (
     PROTOCOL_VERSIONS,
     Auth,
     Challenge,
-    ChannelAccept,
-    ChannelAck,
-    ChannelClose,
-    ChannelData,
-    ChannelResume,
-    CommandResult,
-    CommandResultAck,
     Error,
     Heartbeat,
     HeartbeatAck,
@@ -69,10 +62,9 @@ class AgentLink:
             await self.ws.send_bytes(frame)
 
 
-ResultHandler = Callable[[str, CommandResult], Awaitable[None]]
-ChannelHandler = Callable[[AgentLink, Message, bytes], Awaitable[None]]
+MessageHandler = Callable[[AgentLink, Any, bytes], Awaitable[None]]
+"""Handles one kind of agent message: (the agent's link, the message, its raw frame)."""
 DisconnectHandler = Callable[[str], Awaitable[None]]
-CHANNEL_MESSAGES = (ChannelAccept, ChannelData, ChannelAck, ChannelResume, ChannelClose)
 
 
 class Gateway:
@@ -80,9 +72,8 @@ class Gateway:
         self.config = config
         self.repo = repo
         self.links: dict[str, AgentLink] = {}
-        self.on_result: ResultHandler | None = None
-        self.on_channel: ChannelHandler | None = None
-        self.on_disconnect: DisconnectHandler | None = None
+        self.handlers: dict[type[Message], MessageHandler] = {}
+        self.disconnect_handlers: list[DisconnectHandler] = []
         self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -170,8 +161,8 @@ class Gateway:
             if link is not None and self.links.get(link.instance_id) is link:
                 del self.links[link.instance_id]
                 await self.repo.mark_disconnected(link.instance_id)
-                if self.on_disconnect is not None:
-                    await self.on_disconnect(link.instance_id)
+                for on_disconnect in self.disconnect_handlers:
+                    await on_disconnect(link.instance_id)
                 log.info("agent %s disconnected", link.instance_id)
         return ws
 
@@ -248,17 +239,13 @@ class Gateway:
             if frame is None:
                 return
             message = decode(frame)
-            if isinstance(message, CHANNEL_MESSAGES):
-                if self.on_channel is not None:
-                    await self.on_channel(link, message, frame)
+            handler = self.handlers.get(type(message))
+            if handler is not None:
+                await handler(link, message, frame)
             elif isinstance(message, Heartbeat):
                 link.last_heartbeat = time.time()
                 await link.send(HeartbeatAck(message.seq))
                 await self.repo.mark_heartbeat(link.instance_id)
-            elif isinstance(message, CommandResult):
-                if self.on_result is not None:
-                    await self.on_result(link.instance_id, message)
-                await link.send(CommandResultAck(message.invocation_id))
             elif isinstance(message, Error):
                 log.warning("agent %s reports %s: %s", link.instance_id, message.code,
                             message.message)

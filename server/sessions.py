@@ -85,8 +85,9 @@ class SessionManager:
         self.sessions: dict[str, Session] = {}
         self._by_channel: dict[tuple[str, int], Session] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        gateway.on_channel = self.from_agent
-        gateway.on_disconnect = self.agent_down
+        for kind in CHANNEL_MESSAGES:
+            gateway.handlers[kind] = self.from_agent
+        gateway.disconnect_handlers.append(self.agent_down)
 
     async def start(self) -> None:
         """Pick up sessions a previous run of this server left open."""

@@ -1,0 +1,209 @@
+"""API actions: terminal sessions and per-region Session Manager settings."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from server.api import (
+    Context,
+    Param,
+    action,
+    authorize_resource,
+    check_region,
+    instance_row,
+    iso,
+    region_arn,
+)
+from server.authz import authorize
+from server.errors import ApiError, invalid_parameter
+
+# --- terminal sessions ---------------------------------------------------------------------
+
+DEFAULT_SESSION_USER = "porthole-user"
+
+
+def _session_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "SessionId": row["id"], "InstanceId": row["instance_id"], "Region": row["region"],
+        "Owner": row["owner"], "Username": row["run_as"] or DEFAULT_SESSION_USER,
+        "CommandLine": row["command"], "Reason": row["reason"], "SourceIp": row["source_ip"],
+        "Status": row["status"], "StartTime": iso(row["started_at"]),
+        "EndTime": iso(row["ended_at"]), "ExitCode": row["exit_code"],
+        "EndReason": row["end_reason"],
+    }
+
+
+@action(
+    "StartTerminalSession", "ecs:StartTerminalSession",
+    "Open a terminal session (a login shell, or one command on a PTY) on an instance; then "
+    "connect to StreamPath with a signed WebSocket request.",
+    Param("InstanceId", "string", "The instance", required=True),
+    Param("Username", "string", "Log in as this user (default: the agent's porthole-user)"),
+    Param("CommandLine", "string", "Run this command on a PTY instead of a login shell"),
+    Param("Reason", "string", "Why (kept in the audit log)", default=""),
+    Param("Cols", "integer", "Terminal width", default=80, minimum=1, maximum=10000),
+    Param("Rows", "integer", "Terminal height", default=24, minimum=1, maximum=10000),
+    Param("Term", "string", "TERM of the operator's terminal", default="xterm-256color"),
+    mutating=True,
+)
+async def start_terminal_session(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
+    row = await instance_row(ctx, p["InstanceId"])
+    authorize_resource(ctx, "ecs:StartTerminalSession",
+               region_arn(ctx, row["region"], "instance", row["id"]),
+               **{"ecs:CommandRunAs": p["Username"] or DEFAULT_SESSION_USER})
+    session = await ctx.services.sessions.open(
+        ctx.principal.name, row, p["Username"], p["CommandLine"] or "", p["Reason"][:1000],
+        p["Cols"], p["Rows"], p["Term"][:64], ctx.principal.source_ip,
+    )
+    await ctx.services.repo.audit(
+        request_id=ctx.request_id, principal=ctx.principal.arn, action="SessionStart",
+        resource=region_arn(ctx, row["region"], "instance", row["id"]),
+        source_ip=ctx.principal.source_ip, outcome="Allowed",
+        detail=json.dumps({"SessionId": session.id, "Username": p["Username"]
+                           or DEFAULT_SESSION_USER, "Reason": p["Reason"][:1000]}),
+    )
+    return {"SessionId": session.id, "Channel": session.channel,
+            "StreamPath": f"/api/v1/sessions/{session.id}/stream"}
+
+
+@action(
+    "DescribeSessions", "ecs:DescribeSessions", "List terminal sessions.",
+    Param("Active", "boolean", "Only sessions still open", default=False),
+    Param("SessionId", "string", "Only this session"),
+)
+async def describe_sessions(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
+    rows = await ctx.services.repo.list_sessions(active=p["Active"])
+    if p["SessionId"]:
+        rows = [r for r in rows if r["id"] == p["SessionId"]]
+    visible = []
+    for row in rows:
+        try:
+            authorize(ctx.principal, "ecs:DescribeSessions",
+                      region_arn(ctx, row["region"], "instance", row["instance_id"]))
+        except ApiError:
+            continue
+        visible.append(_session_view(row))
+    ctx.resources.append(region_arn(ctx, "*", "instance", "*"))
+    return {"Sessions": visible}
+
+
+@action(
+    "TerminateSession", "ecs:TerminateSession", "End an open terminal session.",
+    Param("SessionId", "string", "The session", required=True),
+    mutating=True,
+)
+async def terminate_session(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
+    row = await ctx.services.repo.session(p["SessionId"])
+    if row is None:
+        raise ApiError(404, "InvalidSessionId.NotFound",
+                       f"session {p['SessionId'][:64]} not found")
+    authorize_resource(ctx, "ecs:TerminateSession",
+               region_arn(ctx, row["region"], "instance", row["instance_id"]))
+    session = ctx.services.sessions.sessions.get(row["id"])
+    if session is None or session.closed is not None:
+        raise ApiError(409, "SessionNotActive", f"session {row['id']} is not open")
+    await ctx.services.sessions.terminate(session, f"terminated by {ctx.principal.name}")
+    return {"SessionId": row["id"]}
+
+
+# --- region settings -----------------------------------------------------------------------
+
+
+def _settings_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {"RegionId": row["name"], "SessionManagerConfig": {
+        "SessionManagerEnabled": bool(row["session_manager_enabled"]),
+        "IdleTimeout": row["idle_timeout"],
+        "MaxSessionDuration": row["max_session_duration"],
+    }}
+
+
+@action(
+    "DescribeCloudAssistantSettings", "ecs:DescribeCloudAssistantSettings",
+    "Session Manager settings of each region.",
+    Param("RegionId", "string", "Only this region"),
+    Param("SettingType", "array", "Setting types (only SessionManagerConfig exists)"),
+)
+async def describe_settings(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
+    if p["RegionId"]:
+        await check_region(ctx, p["RegionId"])
+    authorize_resource(ctx, "ecs:DescribeCloudAssistantSettings",
+               region_arn(ctx, p["RegionId"] or "*", "cloudassistant", "settings"))
+    return {"Settings": [_settings_view(r) for r in
+                         await ctx.services.repo.regions(p["RegionId"])]}
+
+
+@action(
+    "ModifyCloudAssistantSettings", "ecs:ModifyCloudAssistantSettings",
+    "Switch Session Manager on or off in a region and set its timeouts. Sessions already "
+    "open are not ended by switching it off; end them with TerminateSession.",
+    Param("RegionId", "string", "The region", required=True),
+    Param("SettingType", "string", "What to change", default="SessionManagerConfig",
+          enum=("SessionManagerConfig",)),
+    Param("SessionManagerConfig", "object",
+          "SessionManagerEnabled (boolean), IdleTimeout (minutes, 1-60), MaxSessionDuration "
+          "(minutes, 1-1440, or 0 for no limit)", required=True),
+    mutating=True,
+)
+async def modify_settings(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
+    await check_region(ctx, p["RegionId"])
+    authorize_resource(ctx, "ecs:ModifyCloudAssistantSettings",
+               region_arn(ctx, p["RegionId"], "cloudassistant", "settings"))
+    config = p["SessionManagerConfig"]
+    values: dict[str, Any] = {}
+    for key, value in config.items():
+        if key == "SessionManagerEnabled":
+            if not isinstance(value, bool):
+                raise invalid_parameter("SessionManagerConfig.SessionManagerEnabled",
+                                        "must be true or false")
+            values["session_manager_enabled"] = value
+        elif key == "IdleTimeout":
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 60:
+                raise invalid_parameter("SessionManagerConfig.IdleTimeout",
+                                        "must be 1 to 60 minutes")
+            values["idle_timeout"] = value
+        elif key == "MaxSessionDuration":
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1440:
+                raise invalid_parameter("SessionManagerConfig.MaxSessionDuration",
+                                        "must be 1 to 1440 minutes, or 0 for no limit")
+            values["max_session_duration"] = value or None
+        else:
+            raise invalid_parameter(f"SessionManagerConfig.{key}"[:64], "is not a setting")
+    await ctx.services.repo.update_region(p["RegionId"], **values)
+    (row,) = await ctx.services.repo.regions(p["RegionId"])
+    return _settings_view(row)
+
+
+@action(
+    "DescribeUserBusinessBehavior", "ecs:DescribeUserBusinessBehavior",
+    "Console-compatible: is Session Manager enabled in the region (statusItem "
+    "sessionManagerEnable)?",
+    Param("RegionId", "string", "The region", required=True),
+    Param("statusItem", "string", "Only sessionManagerEnable", default="sessionManagerEnable",
+          enum=("sessionManagerEnable",)),
+)
+async def describe_business_behavior(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
+    await check_region(ctx, p["RegionId"])
+    authorize_resource(ctx, "ecs:DescribeUserBusinessBehavior",
+               region_arn(ctx, p["RegionId"], "cloudassistant", "settings"))
+    (row,) = await ctx.services.repo.regions(p["RegionId"])
+    return {"StatusValue": "enabled" if row["session_manager_enabled"] else "disabled"}
+
+
+@action(
+    "ModifyUserBusinessBehavior", "ecs:ModifyUserBusinessBehavior",
+    "Console-compatible: enable or disable Session Manager in the region.",
+    Param("RegionId", "string", "The region", required=True),
+    Param("statusItem", "string", "Only sessionManagerEnable", default="sessionManagerEnable",
+          enum=("sessionManagerEnable",)),
+    Param("statusValue", "string", "enabled or disabled", required=True,
+          enum=("enabled", "disabled")),
+    mutating=True,
+)
+async def modify_business_behavior(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
+    await check_region(ctx, p["RegionId"])
+    authorize_resource(ctx, "ecs:ModifyUserBusinessBehavior",
+               region_arn(ctx, p["RegionId"], "cloudassistant", "settings"))
+    await ctx.services.repo.update_region(
+        p["RegionId"], session_manager_enabled=p["statusValue"] == "enabled")
+    return {"StatusValue": p["statusValue"]}

@@ -1,0 +1,216 @@
+"""Regions, activations, managed instances and terminal sessions."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from server.db import StoreBase, hash_secret, metadata
+
+regions = sa.Table(
+    "regions", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("session_manager_enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("idle_timeout", sa.Integer, nullable=False, default=20),  # minutes
+    sa.Column("max_session_duration", sa.Integer),  # minutes; NULL: no limit
+)
+sessions = sa.Table(
+    "sessions", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("instance_id", sa.String(32), nullable=False, index=True),
+    sa.Column("region", sa.String(64), nullable=False),
+    sa.Column("channel", sa.Integer, nullable=False),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("run_as", sa.String(64), nullable=False),
+    sa.Column("command", sa.Text, nullable=False, default=""),
+    sa.Column("reason", sa.Text, nullable=False, default=""),
+    sa.Column("source_ip", sa.String(64), nullable=False, default=""),
+    sa.Column("status", sa.String(16), nullable=False),  # Connecting, Active, Terminated, Failed
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("end_reason", sa.Text, nullable=False, default=""),
+    sa.Column("recording", sa.String(1024), nullable=False, default=""),
+)
+activations = sa.Table(
+    "activations", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("code_hash", sa.String(64), nullable=False),
+    sa.Column("region", sa.String(64), nullable=False),
+    sa.Column("description", sa.String(256), nullable=False, default=""),
+    sa.Column("usage_limit", sa.Integer, nullable=False),
+    sa.Column("usage_count", sa.Integer, nullable=False, default=0),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+)
+instances = sa.Table(
+    "instances", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("public_key", sa.LargeBinary, nullable=False),
+    sa.Column("region", sa.String(64), nullable=False, index=True),
+    sa.Column("hostname", sa.String(256), nullable=False, default=""),
+    sa.Column("platform", sa.String(64), nullable=False, default=""),
+    sa.Column("os_name", sa.String(256), nullable=False, default=""),
+    sa.Column("agent_version", sa.String(64), nullable=False, default=""),
+    sa.Column("activation_id", sa.String(64), nullable=False),
+    sa.Column("registered_at", sa.Float, nullable=False),
+    sa.Column("last_heartbeat", sa.Float),
+    sa.Column("connected", sa.Boolean, nullable=False, default=False),
+    sa.Column("deregistered_at", sa.Float),
+)
+
+
+class ActivationError(Exception):
+    """Registration refused; str() says why in one line."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class FleetStore(StoreBase):
+    async def ensure_regions(self, names: Sequence[str]) -> None:
+        async with self.engine.begin() as conn:
+            existing = {r[0] for r in await conn.execute(sa.select(regions.c.name))}
+            for name in names:
+                if name not in existing:
+                    await conn.execute(regions.insert().values(name=name))
+
+    async def region_names(self) -> list[str]:
+        return [r["name"] for r in await self._all(sa.select(regions.c.name))]
+
+    async def regions(self, name: str | None = None) -> list[dict[str, Any]]:
+        stmt = sa.select(regions).order_by(regions.c.name)
+        if name:
+            stmt = stmt.where(regions.c.name == name)
+        return await self._all(stmt)
+
+    async def update_region(self, name: str, **values: Any) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(regions.update().where(regions.c.name == name).values(**values))
+
+    async def create_activation(
+        self, activation_id: str, code: str, region: str, usage_limit: int, expires_at: float,
+        description: str, created_by: str,
+    ) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(activations.insert().values(
+                id=activation_id, code_hash=hash_secret(code), region=region,
+                description=description, usage_limit=usage_limit, usage_count=0,
+                expires_at=expires_at, created_at=time.time(), created_by=created_by,
+            ))
+
+    async def list_activations(self) -> list[dict[str, Any]]:
+        return await self._all(sa.select(activations).order_by(activations.c.created_at))
+
+    async def register_instance(
+        self, activation_id: str, code: str, region: str, instance_id: str, public_key: bytes,
+        info: dict[str, str],
+    ) -> None:
+        """Use one registration of an activation; raises ActivationError if it is not valid."""
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(
+                sa.select(activations).where(activations.c.id == activation_id)
+            )).first()
+            if row is None or not hmac.compare_digest(row.code_hash, hash_secret(code)):
+                raise ActivationError(
+                    "InvalidActivation", "activation id or code is wrong; check both values"
+                )
+            if row.region != region:
+                raise ActivationError(
+                    "InvalidActivation.Region",
+                    f"activation {activation_id} is for region {row.region}, not {region}",
+                )
+            if row.expires_at < time.time():
+                raise ActivationError(
+                    "InvalidActivation.Expired",
+                    f"activation {activation_id} has expired; create a new one",
+                )
+            used = await conn.execute(
+                activations.update()
+                .where(activations.c.id == activation_id)
+                .where(activations.c.usage_count < activations.c.usage_limit)
+                .values(usage_count=activations.c.usage_count + 1)
+            )
+            if used.rowcount != 1:
+                raise ActivationError(
+                    "InvalidActivation.LimitExceeded",
+                    f"activation {activation_id} has been used {row.usage_limit} time(s), "
+                    "its limit; create a new one",
+                )
+            await conn.execute(instances.insert().values(
+                id=instance_id, public_key=public_key, region=region,
+                activation_id=activation_id, registered_at=time.time(), connected=False,
+                hostname=info.get("hostname", "")[:256], platform=info.get("platform", "")[:64],
+                os_name=info.get("os_name", "")[:256],
+                agent_version=info.get("agent_version", "")[:64],
+            ))
+
+    async def instance(self, instance_id: str) -> dict[str, Any] | None:
+        return await self._one(sa.select(instances).where(instances.c.id == instance_id))
+
+    async def list_instances(
+        self, region: str | None = None, ids: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        stmt = sa.select(instances).where(instances.c.deregistered_at.is_(None))
+        if region:
+            stmt = stmt.where(instances.c.region == region)
+        if ids:
+            stmt = stmt.where(instances.c.id.in_(list(ids)))
+        return await self._all(stmt.order_by(instances.c.registered_at))
+
+    async def mark_connected(self, instance_id: str, info: dict[str, str]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(instances.update().where(instances.c.id == instance_id).values(
+                connected=True, last_heartbeat=time.time(), **info
+            ))
+
+    async def mark_heartbeat(self, instance_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(instances.update().where(instances.c.id == instance_id).values(
+                last_heartbeat=time.time()
+            ))
+
+    async def mark_disconnected(self, instance_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(instances.update().where(instances.c.id == instance_id).values(
+                connected=False
+            ))
+
+    async def deregister_instance(self, instance_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                instances.update()
+                .where(instances.c.id == instance_id)
+                .where(instances.c.deregistered_at.is_(None))
+                .values(deregistered_at=time.time(), connected=False)
+            )
+            return result.rowcount == 1
+
+    async def reset_connections(self) -> None:
+        """At start-up no agent is connected to this (single) server yet."""
+        async with self.engine.begin() as conn:
+            await conn.execute(instances.update().values(connected=False))
+
+    async def create_session(self, **values: Any) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sessions.insert().values(started_at=time.time(), **values))
+
+    async def update_session(self, session_id: str, **values: Any) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sessions.update().where(sessions.c.id == session_id)
+                               .values(**values))
+
+    async def session(self, session_id: str) -> dict[str, Any] | None:
+        return await self._one(sa.select(sessions).where(sessions.c.id == session_id))
+
+    async def list_sessions(self, active: bool = False) -> list[dict[str, Any]]:
+        stmt = sa.select(sessions).order_by(sessions.c.started_at)
+        if active:
+            stmt = stmt.where(sessions.c.status.in_(["Connecting", "Active"]))
+        return await self._all(stmt)

@@ -74,6 +74,8 @@ class Gateway:
         self.links: dict[str, AgentLink] = {}
         self.handlers: dict[type[Message], MessageHandler] = {}
         self.disconnect_handlers: list[DisconnectHandler] = []
+        self.connect_handlers: list[Callable[[AgentLink], Awaitable[None]]] = []
+        """Called after an agent authenticated (e.g. to deliver what waited for it)."""
         self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -222,6 +224,8 @@ class Gateway:
         })
         await link.send(Welcome(self.config.heartbeat_interval, time.time()))
         log.info("agent %s connected from %s (protocol %d)", link.instance_id, peer, version)
+        for on_connect in self.connect_handlers:
+            await on_connect(link)
         return link
 
     async def _refuse(

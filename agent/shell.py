@@ -134,21 +134,27 @@ class ShellChannel:
         self._reading = want
 
     def _on_readable(self) -> None:
-        try:
-            data = os.read(self.master, min(self.endpoint.sender.available(), MAX_CHUNK))
-        except BlockingIOError:
-            return
-        except OSError as exc:  # EIO: every process holding the PTY's other side is gone
-            if exc.errno != errno.EIO:
-                log.warning("channel %d: reading the PTY failed: %s", self.id, exc)
-            data = b""
-        if not data:
-            self._eof = True
-            self._update_reader()
-            self._finished.set()
-            return
-        self.send(self.endpoint.sender.send(data))
+        # A PTY hands out at most a few KiB per read: gather what is ready into one frame.
+        room = min(self.endpoint.sender.available(), MAX_CHUNK)
+        data = bytearray()
+        while len(data) < room:
+            try:
+                chunk = os.read(self.master, room - len(data))
+            except BlockingIOError:
+                break
+            except OSError as exc:  # EIO: every process holding the PTY's other side is gone
+                if exc.errno != errno.EIO:
+                    log.warning("channel %d: reading the PTY failed: %s", self.id, exc)
+                chunk = b""
+            if not chunk:
+                self._eof = True
+                break
+            data += chunk
+        if data:
+            self.send(self.endpoint.sender.send(bytes(data)))
         self._update_reader()
+        if self._eof:
+            self._finished.set()
 
     # --- input: peer -> PTY ------------------------------------------------------------
 

@@ -67,7 +67,9 @@ class TerminalSession:
         self._credit = asyncio.Event()
         self._file_reader: asyncio.Future[None] | None = None
         self._out = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stdout")
-        self._out_lock = asyncio.Lock()
+        self._pending_out = bytearray()
+        self._out_ready = asyncio.Event()
+        self._writing = False
 
     # --- run ----------------------------------------------------------------------------
 
@@ -85,6 +87,7 @@ class TerminalSession:
     async def _main(self) -> int:
         loop = asyncio.get_running_loop()
         self.done = loop.create_future()
+        self._writer_task = asyncio.create_task(self._writer())
         if os.isatty(self.stdin):
             loop.add_signal_handler(signal.SIGWINCH, self._send_size)
         for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -139,11 +142,8 @@ class TerminalSession:
         if isinstance(message, ChannelData):
             data = self.endpoint.receiver.on_data(message)
             if data:
-                await self._write_out(data)
-                self.endpoint.receiver.consumed(len(data))
-            if self.endpoint.receiver.should_ack():
-                self._send(self.endpoint.receiver.ack())
-            await self._maybe_finish()
+                self._pending_out += data
+                self._out_ready.set()
         elif isinstance(message, ChannelAck):
             self.endpoint.sender.on_ack(message)
             self._update_stdin()
@@ -159,21 +159,40 @@ class TerminalSession:
 
     async def _maybe_finish(self) -> None:
         close = self.remote_close
-        if close is None or self.endpoint.receiver.received < close.last_seq:
-            return  # a replay of the last output is still on its way
-        if self.ws is not None:  # the final ack lets both ends forget the channel now
-            await _quiet_send(self.ws, encode(self.endpoint.receiver.ack()))
         assert self.done is not None
+        if close is None or self.done.done() or self.endpoint.receiver.received < close.last_seq:
+            return  # a replay of the last output is still on its way
+        if self._pending_out or self._writing:
+            return  # the writer finishes once the terminal has everything
         if close.reason == "exited" and close.exit_code is not None:
             self.done.set_result(close.exit_code)
         else:
             code = EXIT_ABNORMAL if close.exit_code is None else close.exit_code
-            raise SessionEnded(code, f"session ended: {close.reason}")
+            self.done.set_exception(SessionEnded(code, f"session ended: {close.reason}"))
+        ws = self.ws
+        if ws is not None:  # the final ack lets both ends forget the channel now
+            await _quiet_send(ws, encode(self.endpoint.receiver.ack()))
+            await ws.close()
 
-    async def _write_out(self, data: bytes) -> None:
+    async def _writer(self) -> None:
+        """Write output to the terminal in a thread (a slow terminal must not stall
+        keystrokes), as much as has arrived per write; credit returns as it is written."""
         loop = asyncio.get_running_loop()
-        async with self._out_lock:
-            await loop.run_in_executor(self._out, _write_all, self.stdout, data)
+        while True:
+            await self._out_ready.wait()
+            self._out_ready.clear()
+            if not self._pending_out:
+                continue
+            data, self._pending_out = bytes(self._pending_out), bytearray()
+            self._writing = True
+            try:
+                await loop.run_in_executor(self._out, _write_all, self.stdout, data)
+            finally:
+                self._writing = False
+            self.endpoint.receiver.consumed(len(data))
+            if self.endpoint.receiver.should_ack():
+                self._send(self.endpoint.receiver.ack())
+            await self._maybe_finish()
 
     # --- to the agent ------------------------------------------------------------------
 

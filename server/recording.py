@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+FLUSH_INTERVAL = 0.5
+"""Seconds between flushes: a flood of output costs no flush per frame."""
+
 
 class Recorder:
     def __init__(self, path: Path, cols: int, rows: int, meta: dict[str, Any],
@@ -16,6 +19,7 @@ class Recorder:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
         self.record_input = record_input
+        self._flushed = 0.0
         self._out = codecs.getincrementaldecoder("utf-8")("replace")
         self._in = codecs.getincrementaldecoder("utf-8")("replace")
         self.started = float(int(time.time()))  # the header's timestamp is an integer
@@ -33,7 +37,10 @@ class Recorder:
     def _write(self, item: object) -> None:
         if self._file is not None:
             self._file.write(json.dumps(item, ensure_ascii=False) + "\n")
-            self._file.flush()
+            now = time.monotonic()
+            if now - self._flushed > FLUSH_INTERVAL:
+                self._file.flush()
+                self._flushed = now
 
     def _event(self, kind: str, text: str) -> None:
         if text:

@@ -30,6 +30,7 @@ class Sender:
         self.next_seq = 1
         self._unacked: deque[ChannelData] = deque()
         self._in_flight = 0  # bytes in self._unacked
+        self.eof_sent = False
 
     def available(self) -> int:
         """How many bytes may be sent now (read at most this much from the source)."""
@@ -37,12 +38,24 @@ class Sender:
 
     def send(self, data: bytes) -> ChannelData:
         """Frame ``data``; it must fit in :meth:`available`."""
+        if self.eof_sent:
+            raise ValueError("data after end of stream")
         if not data or len(data) > self.available():
             raise ValueError(f"{len(data)} bytes do not fit the credit of {self.available()}")
         frame = ChannelData(self.channel, self.next_seq, bytes(data))
         self.next_seq += 1
         self._unacked.append(frame)
         self._in_flight += len(data)
+        return frame
+
+    def send_eof(self) -> ChannelData:
+        """End of this direction (a TCP half-close): an empty frame, replayed like data."""
+        if self.eof_sent:
+            raise ValueError("end of stream sent twice")
+        self.eof_sent = True
+        frame = ChannelData(self.channel, self.next_seq, b"")
+        self.next_seq += 1
+        self._unacked.append(frame)
         return frame
 
     def on_ack(self, ack: ChannelAck) -> None:
@@ -83,11 +96,16 @@ class Receiver:
         self._unconsumed = 0  # bytes handed to the application and not yet consumed
         self._granted = window  # credit announced with the last ack
         self._bytes_since_grant = 0
+        self.eof = False  # the peer ended its direction (an empty frame)
 
     def on_data(self, frame: ChannelData) -> bytes:
-        """Accept a frame; returns its payload, or b"" for a duplicate from a replay."""
+        """Accept a frame; returns its payload, or b"" for a duplicate from a replay or for
+        the end of the stream (then :attr:`eof` is set)."""
         if frame.seq <= self.received:
             return b""
+        if self.eof:
+            raise ProtocolError(f"channel {self.channel}: data after end of stream",
+                                code="DataAfterEof")
         if frame.seq != self.received + 1:
             raise ProtocolError(
                 f"channel {self.channel}: frame {frame.seq} arrived, expected "
@@ -100,6 +118,8 @@ class Receiver:
                 code="CreditExceeded",
             )
         self.received = frame.seq
+        if not frame.data:
+            self.eof = True
         self._unconsumed += len(frame.data)
         self._bytes_since_grant += len(frame.data)
         return frame.data

@@ -222,3 +222,17 @@ def test_resume_after_broken_link_delivers_exactly_once_in_order(chunks, cut, lo
     for f in s.replay(r.received):
         sink += r.on_data(f)
     assert bytes(sink) == b"".join(chunks)
+
+
+def test_end_of_stream_is_a_replayable_frame():
+    s, r = Sender(3, 1000), Receiver(3, 1000)
+    frames = [s.send(b"abc"), s.send_eof()]
+    with pytest.raises(ValueError):
+        s.send(b"late")
+    assert r.on_data(frames[0]) == b"abc" and not r.eof
+    assert r.on_data(frames[1]) == b"" and r.eof
+    assert [f.seq for f in s.replay(1)] == [2]  # the end of stream is replayed like data
+    assert r.on_data(frames[1]) == b""  # duplicate: harmless
+    with pytest.raises(ProtocolError) as info:
+        r.on_data(ChannelData(3, 3, b"more"))
+    assert info.value.code == "DataAfterEof"

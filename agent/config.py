@@ -24,6 +24,8 @@ class AgentConfig:
     session_user_sudo: bool = False
     resume_timeout: float = 60.0
     """Seconds a session survives without the server before it is ended."""
+    allow_link_local_forwarding: bool = False
+    """Port forwarding to link-local and cloud metadata addresses is refused unless true."""
 
     def allows(self, user: str) -> bool:
         return any(fnmatch.fnmatchcase(user, pattern) for pattern in self.allowed_users)
@@ -48,8 +50,9 @@ class AgentConfig:
             isinstance(u, str) for u in config.allowed_users
         ):
             raise AgentConfigError(f"{path}: allowed_users must be a list of user names")
-        if not isinstance(config.session_user_sudo, bool):
-            raise AgentConfigError(f"{path}: session_user_sudo must be true or false")
+        for key in ("session_user_sudo", "allow_link_local_forwarding"):
+            if not isinstance(getattr(config, key), bool):
+                raise AgentConfigError(f"{path}: {key} must be true or false")
         if not isinstance(config.resume_timeout, int | float) or config.resume_timeout <= 0:
             raise AgentConfigError(f"{path}: resume_timeout must be a positive number")
         return config

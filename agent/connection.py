@@ -14,8 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from agent.channel import AgentChannel, ChannelRefused
 from agent.config import AgentConfig
-from agent.shell import ChannelRefused, ShellChannel
+from agent.port import PortChannel
+from agent.shell import ShellChannel
 from agent.state import AgentState
 from agent.sysinfo import host_info
 from proto import ProtocolError
@@ -50,6 +52,8 @@ EXIT_FATAL = 3
 
 M = TypeVar("M", bound=Message)
 
+CHANNEL_KINDS: dict[str, type[AgentChannel]] = {"shell": ShellChannel, "port": PortChannel}
+
 
 class Fatal(Exception):
     """The server refused this agent for good; retrying cannot help."""
@@ -72,7 +76,7 @@ class Agent:
     def __init__(self, state: AgentState, config: AgentConfig | None = None) -> None:
         self.state = state
         self.config = config or AgentConfig()
-        self.channels: dict[int, ShellChannel] = {}
+        self.channels: dict[int, AgentChannel] = {}
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
         self.url = gateway_url(state.server)
         self.ssl = state.ssl_context()
@@ -182,10 +186,11 @@ class Agent:
     async def _open_channel(self, message: ChannelOpen) -> None:
         if message.channel in self.channels:
             return  # a redelivered open
-        if message.kind != "shell":
+        kind = CHANNEL_KINDS.get(message.kind)
+        if kind is None:
             self.send(ChannelClose(message.channel, f"unsupported channel kind {message.kind!r}"))
             return
-        channel = ShellChannel(message, self.config, self.send, self._channel_done)
+        channel = kind(message, self.config, self.send, self._channel_done)
         self.channels[message.channel] = channel
         try:
             await channel.start()

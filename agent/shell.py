@@ -17,33 +17,21 @@ import signal
 import struct
 import termios
 from collections.abc import Callable
-from typing import Any
 
+from agent.channel import AgentChannel, ChannelRefused
 from agent.config import AgentConfig
 from agent.users import RunAsError, ensure_session_user, run_as
-from proto.channel import Endpoint
 from proto.messages import (
     MAX_CHUNK,
     ChannelAccept,
-    ChannelAck,
-    ChannelClose,
-    ChannelData,
     ChannelOpen,
-    ChannelResume,
     Message,
-    TerminalResize,
 )
 
 log = logging.getLogger("porthole.agent.shell")
 
 WINDOW = 64 * 1024
 KILL_GRACE = 2.0
-
-
-class ChannelRefused(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def set_winsize(fd: int, cols: int, rows: int) -> None:
@@ -71,22 +59,18 @@ def session_processes(sid: int) -> list[int]:
     return pids
 
 
-class ShellChannel:
+class ShellChannel(AgentChannel):
+    receive_window = WINDOW
+
     def __init__(self, open_msg: ChannelOpen, config: AgentConfig,
                  send: Callable[[Message], None], on_done: Callable[[int], None]) -> None:
-        self.id = open_msg.channel
-        self.params: dict[str, Any] = open_msg.params
-        self.config = config
-        self.send = send
-        self.on_done = on_done
-        self.endpoint = Endpoint(self.id, open_msg.window, WINDOW)
+        super().__init__(open_msg, config, send, on_done)
         self.proc: asyncio.subprocess.Process | None = None
         self.master = -1
         self._reading = False
         self._pending_input = bytearray()
         self._eof = False
         self._finished = asyncio.Event()
-        self._expiry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         user = str(self.params.get("user") or self.config.session_user)
@@ -119,10 +103,14 @@ class ShellChannel:
         os.set_blocking(master, False)
         log.info("channel %d: shell for %s started (pid %d)", self.id, user, self.proc.pid)
         self.send(ChannelAccept(self.id, WINDOW))
-        self._update_reader()
+        self.credit_changed()
         asyncio.create_task(self._wait())
 
     # --- output: PTY -> peer -----------------------------------------------------------
+
+    def credit_changed(self) -> None:
+        if self.master >= 0:
+            self._update_reader()
 
     def _update_reader(self) -> None:
         want = not self._eof and self.endpoint.sender.available() > 0
@@ -170,37 +158,20 @@ class ShellChannel:
                 self._pending_input.clear()
                 return
             del self._pending_input[:n]
-            self.endpoint.receiver.consumed(n)
-        if self.endpoint.receiver.should_ack():
-            self.send(self.endpoint.receiver.ack())
+            self.consumed(n)
 
     def _on_writable(self) -> None:
         asyncio.get_running_loop().remove_writer(self.master)
         self._write_input()
 
-    def handle(self, message: Message) -> None:
-        if isinstance(message, ChannelData):
-            data = self.endpoint.receiver.on_data(message)
-            if data and self.master >= 0:
-                self._pending_input += data
-                self._write_input()
-            elif not data and self.endpoint.receiver.should_ack():
-                self.send(self.endpoint.receiver.ack())
-        elif isinstance(message, ChannelAck):
-            self.endpoint.sender.on_ack(message)
-            self._update_reader()
-            if self.endpoint.close_message is not None and self.endpoint.complete():
-                self._forget()
-        elif isinstance(message, ChannelResume):
-            for out in self.endpoint.on_resume(message):
-                self.send(out)
-            self._update_reader()
-        elif isinstance(message, TerminalResize):
-            if self.master >= 0:
-                set_winsize(self.master, message.cols, message.rows)
-        elif isinstance(message, ChannelClose):
-            log.info("channel %d: closed by the peer (%s)", self.id, message.reason)
-            asyncio.create_task(self.terminate())
+    def on_data(self, data: bytes) -> None:
+        if self.master >= 0:
+            self._pending_input += data
+            self._write_input()
+
+    def on_resize(self, cols: int, rows: int) -> None:
+        if self.master >= 0:
+            set_winsize(self.master, cols, rows)
 
     # --- lifetime ----------------------------------------------------------------------
 
@@ -223,16 +194,12 @@ class ShellChannel:
         self._close_master()
         status = 128 - code if code < 0 else code
         log.info("channel %d: shell exited with %d", self.id, status)
-        self.send(self.endpoint.close("exited", status))
-        if self.endpoint.complete():
-            self._forget()
-        else:  # keep the replay buffer until the peer has everything, within reason
-            self._expiry = asyncio.create_task(self._expire(self.config.resume_timeout))
+        self.finish("exited", status)
 
     async def terminate(self) -> None:
         """End the session: SIGHUP to everything in it, then SIGKILL."""
         if self.proc is None or self.proc.returncode is not None:
-            self._forget()
+            self.forget()
             return
         self._kill_session(signal.SIGHUP)
         try:
@@ -248,23 +215,6 @@ class ShellChannel:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
 
-    def link_down(self) -> None:
-        """The server went away: end the session unless it comes back in time."""
-        if self._expiry is None:
-            self._expiry = asyncio.create_task(self._expire(self.config.resume_timeout))
-
-    def link_up(self) -> None:
-        if self._expiry is not None and self.endpoint.close_message is None:
-            self._expiry.cancel()
-            self._expiry = None
-        self.send(self.endpoint.resume())
-
-    async def _expire(self, after: float) -> None:
-        await asyncio.sleep(after)
-        log.warning("channel %d: no peer for %.0f s; ending it", self.id, after)
-        await self.terminate()
-        self._forget()
-
     def _close_master(self) -> None:
         if self.master >= 0:
             loop = asyncio.get_running_loop()
@@ -274,6 +224,5 @@ class ShellChannel:
             self.master = -1
             self._reading = False
 
-    def _forget(self) -> None:
+    def release(self) -> None:
         self._close_master()
-        self.on_done(self.id)

@@ -30,17 +30,23 @@ def _session_view(row: dict[str, Any]) -> dict[str, Any]:
         "CommandLine": row["command"], "Reason": row["reason"], "SourceIp": row["source_ip"],
         "Status": row["status"], "StartTime": iso(row["started_at"]),
         "EndTime": iso(row["ended_at"]), "ExitCode": row["exit_code"],
-        "EndReason": row["end_reason"],
+        "EndReason": row["end_reason"], "Kind": "Port" if row["kind"] == "port" else "Shell",
+        "PortNumber": row["port_number"], "RemoteHost": row["remote_host"],
     }
 
 
 @action(
     "StartTerminalSession", "ecs:StartTerminalSession",
-    "Open a terminal session (a login shell, or one command on a PTY) on an instance; then "
-    "connect to StreamPath with a signed WebSocket request.",
+    "Open a terminal session (a login shell, or one command on a PTY) on an instance, or with "
+    "PortNumber a TCP connection from the instance to RemoteHost:PortNumber; then connect to "
+    "StreamPath with a signed WebSocket request.",
     Param("InstanceId", "string", "The instance", required=True),
     Param("Username", "string", "Log in as this user (default: the agent's porthole-user)"),
     Param("CommandLine", "string", "Run this command on a PTY instead of a login shell"),
+    Param("PortNumber", "integer", "Forward to this port instead of starting a shell",
+          minimum=1, maximum=65535),
+    Param("RemoteHost", "string", "Host the instance connects to (default 127.0.0.1)",
+          default=""),
     Param("Reason", "string", "Why (kept in the audit log)", default=""),
     Param("Cols", "integer", "Terminal width", default=80, minimum=1, maximum=10000),
     Param("Rows", "integer", "Terminal height", default=24, minimum=1, maximum=10000),
@@ -49,19 +55,30 @@ def _session_view(row: dict[str, Any]) -> dict[str, Any]:
 )
 async def start_terminal_session(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
     row = await instance_row(ctx, p["InstanceId"])
-    authorize_resource(ctx, "ecs:StartTerminalSession",
-               region_arn(ctx, row["region"], "instance", row["id"]),
-               **{"ecs:CommandRunAs": p["Username"] or DEFAULT_SESSION_USER})
+    port = p["PortNumber"]
+    if port and (p["Username"] or p["CommandLine"]):
+        raise invalid_parameter("PortNumber", "cannot be combined with Username or CommandLine")
+    if len(p["RemoteHost"]) > 253:
+        raise invalid_parameter("RemoteHost", "is longer than 253 characters")
+    arn = region_arn(ctx, row["region"], "instance", row["id"])
+    if port:
+        authorize_resource(ctx, "ecs:StartTerminalSession", arn, **{"ecs:PortNumber": port})
+    else:
+        authorize_resource(ctx, "ecs:StartTerminalSession", arn,
+                           **{"ecs:CommandRunAs": p["Username"] or DEFAULT_SESSION_USER})
     session = await ctx.services.sessions.open(
         ctx.principal.name, row, p["Username"], p["CommandLine"] or "", p["Reason"][:1000],
-        p["Cols"], p["Rows"], p["Term"][:64], ctx.principal.source_ip,
+        p["Cols"], p["Rows"], p["Term"][:64], ctx.principal.source_ip, port, p["RemoteHost"],
     )
+    detail: dict[str, Any] = {"SessionId": session.id, "Reason": p["Reason"][:1000]}
+    if port:
+        detail.update(PortNumber=port, RemoteHost=p["RemoteHost"] or "127.0.0.1")
+    else:
+        detail["Username"] = p["Username"] or DEFAULT_SESSION_USER
     await ctx.services.repo.audit(
         request_id=ctx.request_id, principal=ctx.principal.arn, action="SessionStart",
-        resource=region_arn(ctx, row["region"], "instance", row["id"]),
-        source_ip=ctx.principal.source_ip, outcome="Allowed",
-        detail=json.dumps({"SessionId": session.id, "Username": p["Username"]
-                           or DEFAULT_SESSION_USER, "Reason": p["Reason"][:1000]}),
+        resource=arn, source_ip=ctx.principal.source_ip, outcome="Allowed",
+        detail=json.dumps(detail),
     )
     return {"SessionId": session.id, "Channel": session.channel,
             "StreamPath": f"/api/v1/sessions/{session.id}/stream"}

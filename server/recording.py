@@ -56,8 +56,30 @@ class Recorder:
     def resize(self, cols: int, rows: int) -> None:
         self._event("r", f"{cols}x{rows}")
 
+    def name(self, data_dir: Path) -> str:
+        return str(self.path.relative_to(data_dir))
+
     def close(self) -> None:
         if self._file is not None:
             self._event("o", self._out.decode(b"", final=True))
             self._file.close()
             self._file = None
+
+
+class NullRecorder:
+    """Stands in for a Recorder where nothing is recorded (port forwarding)."""
+
+    def name(self, data_dir: Path) -> str:
+        return ""
+
+    def output(self, data: bytes) -> None:
+        pass
+
+    def input(self, data: bytes) -> None:
+        pass
+
+    def resize(self, cols: int, rows: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -21,7 +21,6 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from proto import ProtocolError
-from proto.channel import DEFAULT_WINDOW
 from proto.ids import new_session_id
 from proto.messages import (
     MAX_FRAME_SIZE,
@@ -40,7 +39,7 @@ from proto.messages import (
 from server.config import ServerConfig
 from server.errors import ApiError
 from server.gateway import AgentLink, Gateway
-from server.recording import Recorder
+from server.recording import NullRecorder, Recorder
 from server.storage import Repository
 
 log = logging.getLogger("porthole.sessions")
@@ -60,7 +59,7 @@ class Session:
     channel: int
     owner: str
     run_as: str
-    recorder: Recorder
+    recorder: Recorder | NullRecorder
     idle_timeout: float  # seconds
     max_duration: float | None
     started: float = field(default_factory=time.time)
@@ -75,6 +74,7 @@ class Session:
     closed: ChannelClose | None = None  # the agent's final close
     closed_at: float | None = None
     terminate_sent_at: float | None = None
+    kind: str = "shell"  # or "port": a TCP connection, not recorded; any traffic is activity
 
 
 class SessionManager:
@@ -98,7 +98,8 @@ class SessionManager:
                 continue
             region = await self._region(row["region"])
             session = self._make(row["id"], row["instance_id"], row["region"], row["channel"],
-                                 row["owner"], row["run_as"], region, {}, row["recording"])
+                                 row["owner"], row["run_as"], region, {}, row["recording"],
+                                 row["kind"])
             session.agent_gone_since = time.time()
             session.started = row["started_at"]
             self._add(session)
@@ -114,14 +115,16 @@ class SessionManager:
 
     def _make(self, session_id: str, instance_id: str, region: str, channel: int, owner: str,
               run_as: str, region_row: dict[str, Any], meta: dict[str, Any],
-              recording: str = "") -> Session:
-        path = self.config.path(recording or f"recordings/{session_id}.cast")
-        recorder = Recorder(path, int(meta.get("cols", 80)), int(meta.get("rows", 24)), meta,
-                            self.config.record_input)
+              recording: str = "", kind: str = "shell") -> Session:
+        recorder: Recorder | NullRecorder = NullRecorder()
+        if kind == "shell":
+            path = self.config.path(recording or f"recordings/{session_id}.cast")
+            recorder = Recorder(path, int(meta.get("cols", 80)), int(meta.get("rows", 24)),
+                                meta, self.config.record_input)
         max_minutes = region_row.get("max_session_duration")
         return Session(session_id, instance_id, region, channel, owner, run_as, recorder,
                        float(region_row.get("idle_timeout") or 20) * 60,
-                       float(max_minutes) * 60 if max_minutes else None)
+                       float(max_minutes) * 60 if max_minutes else None, kind=kind)
 
     def _add(self, session: Session) -> None:
         self.sessions[session.id] = session
@@ -140,7 +143,9 @@ class SessionManager:
 
     async def open(self, owner: str, instance: dict[str, Any], run_as: str | None,
                    command: str, reason: str, cols: int, rows: int, term: str,
-                   source_ip: str) -> Session:
+                   source_ip: str, port: int | None = None, host: str = "") -> Session:
+        """A shell (or command) session, or with ``port`` a TCP connection from the
+        instance to ``host``:``port``."""
         region = await self._region(instance["region"])
         if not region.get("session_manager_enabled", False):
             raise ApiError(
@@ -159,23 +164,28 @@ class SessionManager:
         session_id = new_session_id()
         meta = {"cols": cols, "rows": rows, "term": term,
                 "title": f"{owner} on {instance['id']} as {run_as or 'default user'}"}
+        kind = "port" if port else "shell"
         session = self._make(session_id, instance["id"], instance["region"], channel, owner,
-                             run_as or "", region, meta)
+                             run_as or "", region, meta, kind=kind)
         session.accepted = asyncio.get_running_loop().create_future()
         self._add(session)
         await self.repo.create_session(
             id=session_id, instance_id=instance["id"], region=instance["region"],
             channel=channel, owner=owner, run_as=run_as or "", command=command, reason=reason,
-            source_ip=source_ip, status="Connecting",
-            recording=str(session.recorder.path.relative_to(self.config.data_dir)),
+            source_ip=source_ip, status="Connecting", kind=kind, port_number=port,
+            remote_host=host, recording=session.recorder.name(self.config.data_dir),
         )
-        params = {"session_id": session_id, "cols": cols, "rows": rows, "term": term}
-        if run_as:
-            params["user"] = run_as
-        if command:
-            params["command"] = command
-        try:
-            await link.send(ChannelOpen(channel, "shell", DEFAULT_WINDOW // 4, params))
+        params: dict[str, Any] = {"session_id": session_id}
+        if port:
+            params.update(host=host or "127.0.0.1", port=port)
+        else:
+            params.update(cols=cols, rows=rows, term=term)
+            if run_as:
+                params["user"] = run_as
+            if command:
+                params["command"] = command
+        try:  # no credit yet: the agent sends nothing until the operator's end resumes
+            await link.send(ChannelOpen(channel, kind, 0, params))
             answer = await asyncio.wait_for(session.accepted, OPEN_TIMEOUT)
         except (TimeoutError, ConnectionError, RuntimeError) as exc:
             answer = ChannelClose(channel, f"the agent did not answer ({exc or 'timeout'})")
@@ -211,6 +221,8 @@ class SessionManager:
         if isinstance(message, ChannelData) and message.seq > session.recorded_seq:
             session.recorded_seq = message.seq
             session.recorder.output(message.data)
+            if session.kind == "port":
+                session.last_input = time.time()
         if isinstance(message, ChannelClose):
             if session.end_reason:
                 raw = encode(ChannelClose(message.channel, session.end_reason,

@@ -35,6 +35,9 @@ sessions = sa.Table(
     sa.Column("exit_code", sa.Integer),
     sa.Column("end_reason", sa.Text, nullable=False, default=""),
     sa.Column("recording", sa.String(1024), nullable=False, default=""),
+    sa.Column("kind", sa.String(16), nullable=False, default="shell"),
+    sa.Column("port_number", sa.Integer),
+    sa.Column("remote_host", sa.String(256), nullable=False, default=""),
 )
 activations = sa.Table(
     "activations", metadata,

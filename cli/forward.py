@@ -108,19 +108,15 @@ def forward(instance_id: str, remote_port: int, local_port: int, remote_host: st
     """Forward a local TCP port to a port on or near an instance (Ctrl-C stops)."""
     profile = _profile()
     # One check up front, so a refusal (policy, region, offline agent) is one clear line.
-    try:
-        api, start = start_port_session(profile, instance_id, remote_port, remote_host)
-    except ApiError as exc:
-        fail(f"{exc.message} ({exc.code})")
-    first: list[dict[str, Any]] = [start]
+    api = Client(profile)
+    api.call("StartTerminalSession", InstanceId=instance_id, PortNumber=remote_port,
+             RemoteHost=remote_host, DryRun=True)
+    api.close()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            if first:
-                session = first.pop()
-            else:
-                _, session = await asyncio.to_thread(start_port_session, profile, instance_id,
-                                                     remote_port, remote_host)
+            _, session = await asyncio.to_thread(start_port_session, profile, instance_id,
+                                                 remote_port, remote_host)
             bridge = StreamBridge(api, session, reader, writer)
             bridge.notices = False
             await bridge.run()

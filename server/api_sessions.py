@@ -26,7 +26,8 @@ DEFAULT_SESSION_USER = "porthole-user"
 def _session_view(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "SessionId": row["id"], "InstanceId": row["instance_id"], "Region": row["region"],
-        "Owner": row["owner"], "Username": row["run_as"] or DEFAULT_SESSION_USER,
+        "Owner": row["owner"],
+        "Username": "" if row["kind"] == "port" else row["run_as"] or DEFAULT_SESSION_USER,
         "CommandLine": row["command"], "Reason": row["reason"], "SourceIp": row["source_ip"],
         "Status": row["status"], "StartTime": iso(row["started_at"]),
         "EndTime": iso(row["ended_at"]), "ExitCode": row["exit_code"],
@@ -51,6 +52,8 @@ def _session_view(row: dict[str, Any]) -> dict[str, Any]:
     Param("Cols", "integer", "Terminal width", default=80, minimum=1, maximum=10000),
     Param("Rows", "integer", "Terminal height", default=24, minimum=1, maximum=10000),
     Param("Term", "string", "TERM of the operator's terminal", default="xterm-256color"),
+    Param("DryRun", "boolean", "Only check policy, region and agent; open nothing",
+          default=False),
     mutating=True,
 )
 async def start_terminal_session(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +69,9 @@ async def start_terminal_session(ctx: Context, p: dict[str, Any]) -> dict[str, A
     else:
         authorize_resource(ctx, "ecs:StartTerminalSession", arn,
                            **{"ecs:CommandRunAs": p["Username"] or DEFAULT_SESSION_USER})
+    if p["DryRun"]:
+        await ctx.services.sessions.check_open(row)
+        return {"DryRun": True}
     session = await ctx.services.sessions.open(
         ctx.principal.name, row, p["Username"], p["CommandLine"] or "", p["Reason"][:1000],
         p["Cols"], p["Rows"], p["Term"][:64], ctx.principal.source_ip, port, p["RemoteHost"],

@@ -141,11 +141,8 @@ class SessionManager:
 
     # --- opening ------------------------------------------------------------------------
 
-    async def open(self, owner: str, instance: dict[str, Any], run_as: str | None,
-                   command: str, reason: str, cols: int, rows: int, term: str,
-                   source_ip: str, port: int | None = None, host: str = "") -> Session:
-        """A shell (or command) session, or with ``port`` a TCP connection from the
-        instance to ``host``:``port``."""
+    async def check_open(self, instance: dict[str, Any]) -> tuple[AgentLink, dict[str, Any]]:
+        """Refuse a new session into a disabled region or to an agent that is away."""
         region = await self._region(instance["region"])
         if not region.get("session_manager_enabled", False):
             raise ApiError(
@@ -158,6 +155,14 @@ class SessionManager:
             raise ApiError(409, "InstanceNotConnected",
                            f"the agent of {instance['id']} is not connected; check "
                            "`porthole instances` and the agent's service")
+        return link, region
+
+    async def open(self, owner: str, instance: dict[str, Any], run_as: str | None,
+                   command: str, reason: str, cols: int, rows: int, term: str,
+                   source_ip: str, port: int | None = None, host: str = "") -> Session:
+        """A shell (or command) session, or with ``port`` a TCP connection from the
+        instance to ``host``:``port``."""
+        link, region = await self.check_open(instance)
         channel = secrets.randbelow(2**31 - 1) + 1
         while (instance["id"], channel) in self._by_channel:
             channel = secrets.randbelow(2**31 - 1) + 1
@@ -196,8 +201,8 @@ class SessionManager:
             raise ApiError(400, "SessionRefused",
                            f"the agent refused the session: {answer.reason}")
         await self.repo.update_session(session_id, status="Active")
-        log.info("session %s: %s on %s as %s", session_id, owner, instance["id"],
-                 run_as or "default user")
+        log.info("session %s: %s on %s %s", session_id, owner, instance["id"],
+                 f"to {host or '127.0.0.1'}:{port}" if port else f"as {run_as or 'default user'}")
         return session
 
     # --- agent side ---------------------------------------------------------------------

@@ -38,14 +38,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
 
 class Server:
     def __init__(self, root: Path, regions: tuple[str, ...] = ("local",),
-                 hostnames: tuple[str, ...] = (), **settings: Any) -> None:
+                 hostnames: tuple[str, ...] = (), listen_host: str = "127.0.0.1",
+                 port: int | None = None, **settings: Any) -> None:
         self.data_dir = root / "server"
-        self.port = free_port()
-        self.url = f"https://127.0.0.1:{self.port}"
+        self.port = port or free_port()
+        self.url = f"https://{listen_host}:{self.port}"
         self.log_path = root / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
         args = [str(BIN / "porthole-server"), "init", "--data-dir", str(self.data_dir),
-                "--listen", f"127.0.0.1:{self.port}"]
+                "--listen", f"{listen_host}:{self.port}"]
         for r in regions:
             args += ["--region", r]
         for h in hostnames:
@@ -142,13 +143,14 @@ class Server:
 
 class Agent:
     def __init__(self, server: Server, state_dir: Path, activation: dict[str, Any] | None = None,
-                 region: str = "local") -> None:
+                 region: str = "local", prefix: list[str] | None = None) -> None:
         self.server = server
+        self.prefix = prefix or []  # e.g. ["ip", "netns", "exec", NAME]
         self.state_dir = state_dir
         self.log_path = state_dir.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
         activation = activation or server.activation(count=1)
-        result = register(server, state_dir, activation, region)
+        result = register(server, state_dir, activation, region, self.prefix)
         if result.returncode != 0:
             raise AssertionError(f"register failed: {result.stderr}")
         self.instance_id = json.loads(result.stdout)["InstanceId"]
@@ -156,7 +158,7 @@ class Agent:
     def start(self, wait_online: bool = True) -> Agent:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
-            [str(BIN / "porthole-agent"), "run", "--state-dir", str(self.state_dir)],
+            [*self.prefix, str(BIN / "porthole-agent"), "run", "--state-dir", str(self.state_dir)],
             stdout=log, stderr=subprocess.STDOUT,
         )
         if wait_online:
@@ -179,9 +181,10 @@ class Agent:
 
 
 def register(server: Server, state_dir: Path, activation: dict[str, Any],
-             region: str = "local") -> subprocess.CompletedProcess[str]:
+             region: str = "local", prefix: list[str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / "porthole-agent"), "register", "--server", server.url,
+        [*(prefix or []), str(BIN / "porthole-agent"), "register", "--server", server.url,
          "--ca-file", str(server.ca_file), "--activation-id", activation["ActivationId"],
          "--activation-code", activation["ActivationCode"], "--region", region,
          "--state-dir", str(state_dir), "--output", "json"],

@@ -1,0 +1,199 @@
+"""Port forwarding and ssh through Porthole to an instance that accepts no inbound connection.
+
+The instance (agent, sshd on its own 127.0.0.1, test servers) lives in a network namespace
+whose firewall drops every inbound connection and lets out only connections to the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.harness import BIN, Agent, Server, free_port
+from tests.netns import InstanceHost
+from tests.sshd import Sshd
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+
+HALF_CLOSE_SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(8)
+while True:
+    c, _ = s.accept(); n = 0
+    while (d := c.recv(65536)): n += len(d)
+    c.sendall(f"got {n} bytes".encode()); c.close()
+"""
+
+
+class Fleet:
+    def __init__(self, root: Path) -> None:
+        port = free_port()
+        self.host = InstanceHost(port)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.server = Server(root, hostnames=(self.host.host_ip,), listen_host=self.host.host_ip,
+                             port=port).start()
+        self.agent = Agent(self.server, root / "agent", prefix=self.host.prefix()).start()
+        self.sshd = Sshd(root / "ssh", prefix=self.host.prefix()).start()
+        self.www = root / "www"
+        self.www.mkdir()
+        (self.www / "index.html").write_text("<h1>hello from the instance</h1>\n")
+        (self.www / "big.bin").write_bytes(os.urandom(1 << 20))
+        self.web_port, self.open_port, self.half_port = free_port(), free_port(), free_port()
+        self._spawn(sys.executable, "-m", "http.server", str(self.web_port), "--bind",
+                    "127.0.0.1", "--directory", str(self.www))
+        self._spawn(sys.executable, "-m", "http.server", str(self.open_port), "--bind",
+                    "0.0.0.0", "--directory", str(self.www))
+        self._spawn(sys.executable, "-c", HALF_CLOSE_SERVER, str(self.half_port))
+
+    def _spawn(self, *argv: str) -> None:
+        self.procs.append(subprocess.Popen([*self.host.prefix(), *argv],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.terminate()
+            p.wait()
+        self.sshd.stop()
+        self.agent.stop()
+        self.server.stop()
+        self.host.close()
+
+    def forward(self, *args: str) -> tuple[subprocess.Popen[str], int]:
+        proc = subprocess.Popen([str(BIN / "porthole"), "forward", self.agent.instance_id, *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=self.server.env())
+        line = proc.stdout.readline()
+        if not line.strip().isdigit():
+            proc.kill()
+            raise AssertionError(f"forward did not start: {line}{proc.stderr.read()}")
+        return proc, int(line)
+
+    def ssh_args(self) -> list[str]:
+        proxy = f"{BIN / 'porthole'} ssh-proxy %h %p"
+        return [*self.sshd.client_options(), "-o", f"ProxyCommand={proxy}",
+                "-p", str(self.sshd.port)]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    f = Fleet(tmp_path_factory.mktemp("forward"))
+    yield f
+    f.close()
+
+
+def _get(port: int, path: str = "/") -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=20) as r:
+        return r.read()
+
+
+def test_the_instance_accepts_no_inbound_connection(fleet):
+    with pytest.raises(OSError):
+        socket.create_connection((fleet.host.ip, fleet.open_port), timeout=2)
+    assert fleet.server.online(fleet.agent.instance_id)
+
+
+def test_forward_reaches_a_web_server_and_many_parallel_connections(fleet):
+    proc, port = fleet.forward("--remote-port", str(fleet.web_port))
+    try:
+        assert _get(port) == b"<h1>hello from the instance</h1>\n"
+        expected = hashlib.sha256((fleet.www / "big.bin").read_bytes()).hexdigest()
+        with ThreadPoolExecutor(16) as pool:
+            bodies = list(pool.map(lambda _: _get(port, "/big.bin"), range(32)))
+        assert all(hashlib.sha256(b).hexdigest() == expected for b in bodies)
+    finally:
+        proc.terminate()
+        proc.wait()
+    kinds = {s["Kind"] for s in fleet.server.cli_json("sessions", "list")["Sessions"]}
+    assert "Port" in kinds
+
+
+def test_half_close_travels_both_ways(fleet):
+    proc, port = fleet.forward("--remote-port", str(fleet.half_port), "--local-port", "0")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.sendall(b"x" * 300_000)
+            s.shutdown(socket.SHUT_WR)  # the instance side sees EOF and answers
+            reply = b""
+            while chunk := s.recv(4096):
+                reply += chunk
+        assert reply == b"got 300000 bytes"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def test_metadata_and_link_local_targets_are_refused(fleet):
+    proc, port = fleet.forward("--remote-port", "80", "--remote-host", "169.254.169.254")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.settimeout(20)
+            assert s.recv(100) == b""  # closed without a byte
+    finally:
+        proc.terminate()
+        _, err = proc.communicate()
+    assert "instance metadata address" in err and "allow_link_local_forwarding" in err
+
+
+def test_forward_into_a_disabled_region_is_one_line(fleet):
+    fleet.server.cli("settings", "session-manager", "--region", "local", "--disable")
+    try:
+        result = fleet.server.cli("forward", fleet.agent.instance_id, "--remote-port", "22",
+                                  check=False)
+    finally:
+        fleet.server.cli("settings", "session-manager", "--region", "local", "--enable")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "disabled in region local" in result.stderr
+
+
+def test_ssh_scp_sftp_and_rsync_through_ssh_proxy(fleet, tmp_path):
+    target = f"root@{fleet.agent.instance_id}"
+    env = fleet.server.env()
+    ssh = ["ssh", *fleet.ssh_args()]
+    out = subprocess.run([*ssh, target, "echo hello-$((6*7)); cat /proc/net/route | wc -l"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("hello-42")
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom(3 << 20))
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    remote = f"/tmp/ph-{payload.stat().st_ino}"
+    scp = ["scp", *fleet.ssh_args()]
+    scp = [a if a != "-p" else "-P" for a in scp]
+    assert subprocess.run([*scp, str(payload), f"{target}:{remote}"], env=env,
+                          capture_output=True, timeout=120).returncode == 0
+    back = tmp_path / "back.bin"
+    assert subprocess.run([*scp, f"{target}:{remote}", str(back)], env=env,
+                          capture_output=True, timeout=120).returncode == 0
+    assert hashlib.sha256(back.read_bytes()).hexdigest() == digest
+    batch = tmp_path / "batch"
+    batch.write_text(f"ls -l {remote}\nrm {remote}\n")
+    sftp = ["sftp", *[a if a != "-p" else "-P" for a in fleet.ssh_args()], "-b", str(batch)]
+    result = subprocess.run([*sftp, target], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and remote.split("/")[-1] in result.stdout
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "a.txt").write_text("alpha\n")
+    (tree / "b.txt").write_text("beta\n")
+    rsh = " ".join(["ssh", *[f"'{a}'" if " " in a else a for a in fleet.ssh_args()]])
+    result = subprocess.run(["rsync", "-a", "-e", rsh, f"{tree}/", f"{target}:/tmp/ph-tree/"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = subprocess.run([*ssh, target, "cat /tmp/ph-tree/sub/a.txt /tmp/ph-tree/b.txt; "
+                          "rm -r /tmp/ph-tree"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert out.stdout == "alpha\nbeta\n"
+
+
+def test_ssh_config_block(fleet):
+    out = fleet.server.cli("ssh-config").stdout
+    assert out.startswith("Host mi-*\n") and "ssh-proxy %h %p" in out

@@ -94,11 +94,11 @@ class AgentChannel:
             log.info("channel %d: closed by the peer (%s)", self.id, message.reason)
             asyncio.create_task(self.terminate())
 
-    def finish(self, reason: str, exit_code: int | None) -> None:
+    def finish(self, reason: str, exit_code: int | None, detail: str = "") -> None:
         """Send our end; keep the replay buffer until the peer has everything, within reason."""
         if self.endpoint.close_message is not None:
             return
-        self.send(self.endpoint.close(reason, exit_code))
+        self.send(self.endpoint.close(reason, exit_code, detail))
         if self.endpoint.complete():
             self.forget()
         elif self._expiry is None:

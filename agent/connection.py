@@ -16,6 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from agent.channel import AgentChannel, ChannelRefused
 from agent.config import AgentConfig
+from agent.files import FileChannel
 from agent.port import PortChannel
 from agent.shell import ShellChannel
 from agent.state import AgentState
@@ -52,7 +53,9 @@ EXIT_FATAL = 3
 
 M = TypeVar("M", bound=Message)
 
-CHANNEL_KINDS: dict[str, type[AgentChannel]] = {"shell": ShellChannel, "port": PortChannel}
+CHANNEL_KINDS: dict[str, type[AgentChannel]] = {
+    "shell": ShellChannel, "port": PortChannel, "file": FileChannel,
+}
 
 
 class Fatal(Exception):

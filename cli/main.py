@@ -159,11 +159,12 @@ def instances_deregister(instance_id: str) -> None:
     click.echo(f"deregistered {instance_id}")
 
 
+from cli.copy import cp  # noqa: E402
 from cli.forward import forward, ssh_config, ssh_proxy  # noqa: E402
 from cli.run import run  # noqa: E402  (command modules attach to the root group)
 from cli.sessions import session, sessions, settings  # noqa: E402
 
-for command in (run, session, sessions, settings, forward, ssh_proxy, ssh_config):
+for command in (run, session, sessions, settings, forward, ssh_proxy, ssh_config, cp):
     cli.add_command(command)
 
 

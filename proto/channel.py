@@ -150,9 +150,10 @@ class Endpoint:
         self.receiver = Receiver(channel, receive_window)
         self.close_message: ChannelClose | None = None  # our close, resent on resume
 
-    def close(self, reason: str, exit_code: int | None = None) -> ChannelClose:
+    def close(self, reason: str, exit_code: int | None = None, detail: str = ""
+              ) -> ChannelClose:
         self.close_message = ChannelClose(self.channel, reason, exit_code,
-                                          self.sender.next_seq - 1)
+                                          self.sender.next_seq - 1, detail)
         return self.close_message
 
     def resume(self, reply: bool = False) -> ChannelResume:

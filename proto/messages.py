@@ -156,6 +156,7 @@ class ChannelClose(Message):
     reason: str = ""
     exit_code: int | None = None
     last_seq: int = 0
+    detail: str = ""  # a kind's own result, e.g. a file transfer's checksum as JSON
 
 
 @dataclass(frozen=True)

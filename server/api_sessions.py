@@ -27,11 +27,12 @@ def _session_view(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "SessionId": row["id"], "InstanceId": row["instance_id"], "Region": row["region"],
         "Owner": row["owner"],
-        "Username": "" if row["kind"] == "port" else row["run_as"] or DEFAULT_SESSION_USER,
+        "Username": "" if row["kind"] == "port" else row["run_as"] or (
+            "root" if row["kind"] == "file" else DEFAULT_SESSION_USER),
         "CommandLine": row["command"], "Reason": row["reason"], "SourceIp": row["source_ip"],
         "Status": row["status"], "StartTime": iso(row["started_at"]),
         "EndTime": iso(row["ended_at"]), "ExitCode": row["exit_code"],
-        "EndReason": row["end_reason"], "Kind": "Port" if row["kind"] == "port" else "Shell",
+        "EndReason": row["end_reason"], "Kind": row["kind"].capitalize(),
         "PortNumber": row["port_number"], "RemoteHost": row["remote_host"],
     }
 
@@ -72,9 +73,17 @@ async def start_terminal_session(ctx: Context, p: dict[str, Any]) -> dict[str, A
     if p["DryRun"]:
         await ctx.services.sessions.check_open(row)
         return {"DryRun": True}
+    if port:
+        params: dict[str, Any] = {"host": p["RemoteHost"] or "127.0.0.1", "port": port}
+    else:
+        params = {"cols": p["Cols"], "rows": p["Rows"], "term": p["Term"][:64]}
+        if p["Username"]:
+            params["user"] = p["Username"]
+        if p["CommandLine"]:
+            params["command"] = p["CommandLine"]
     session = await ctx.services.sessions.open(
-        ctx.principal.name, row, p["Username"], p["CommandLine"] or "", p["Reason"][:1000],
-        p["Cols"], p["Rows"], p["Term"][:64], ctx.principal.source_ip, port, p["RemoteHost"],
+        ctx.principal.name, row, "port" if port else "shell", params, p["Reason"][:1000],
+        ctx.principal.source_ip,
     )
     detail: dict[str, Any] = {"SessionId": session.id, "Reason": p["Reason"][:1000]}
     if port:
@@ -85,6 +94,55 @@ async def start_terminal_session(ctx: Context, p: dict[str, Any]) -> dict[str, A
         request_id=ctx.request_id, principal=ctx.principal.arn, action="SessionStart",
         resource=arn, source_ip=ctx.principal.source_ip, outcome="Allowed",
         detail=json.dumps(detail),
+    )
+    return {"SessionId": session.id, "Channel": session.channel,
+            "StreamPath": f"/api/v1/sessions/{session.id}/stream"}
+
+
+FILE_OPERATIONS = {  # API operation -> (agent operation, RAM action)
+    "Upload": ("put", "ecs:SendFile"),
+    "MakeDirectory": ("mkdir", "ecs:SendFile"),
+    "Download": ("get", "ecs:DownloadFile"),
+    "List": ("list", "ecs:DownloadFile"),
+}
+
+
+@action(
+    "StartFileTransfer", "ecs:SendFile",
+    "Copy one file to (Upload, MakeDirectory: ecs:SendFile) or from (Download, List: "
+    "ecs:DownloadFile) an instance as Username (default root); then stream it over "
+    "StreamPath. The agent checks the path and writes atomically; the close carries the "
+    "SHA-256 it computed.",
+    Param("InstanceId", "string", "The instance", required=True),
+    Param("Operation", "string", "What to do", required=True,
+          enum=tuple(FILE_OPERATIONS)),
+    Param("Path", "string", "Absolute path on the instance", required=True),
+    Param("Username", "string", "Read or write as this user (default root)", default=""),
+    Param("Mode", "integer", "Permission bits of an uploaded file or directory",
+          default=0o644, minimum=0, maximum=0o7777),
+    Param("ModifiedTime", "number", "Modification time of an uploaded file (Unix seconds)",
+          default=0),
+    Param("Reason", "string", "Why (kept in the audit log)", default=""),
+    mutating=True,
+)
+async def start_file_transfer(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
+    row = await instance_row(ctx, p["InstanceId"])
+    path = p["Path"]
+    if not path.startswith("/") or ".." in path.split("/") or len(path) > 4096 or "\0" in path:
+        raise invalid_parameter("Path", "must be an absolute path without '..' components")
+    op, ram_action = FILE_OPERATIONS[p["Operation"]]
+    user = p["Username"] or "root"
+    arn = region_arn(ctx, row["region"], "instance", row["id"])
+    authorize_resource(ctx, ram_action, arn, **{"ecs:CommandRunAs": user})
+    params = {"op": op, "path": path, "user": user, "mode": p["Mode"],
+              "mtime": p["ModifiedTime"]}
+    session = await ctx.services.sessions.open(
+        ctx.principal.name, row, "file", params, p["Reason"][:1000], ctx.principal.source_ip)
+    await ctx.services.repo.audit(
+        request_id=ctx.request_id, principal=ctx.principal.arn, action="SessionStart",
+        resource=arn, source_ip=ctx.principal.source_ip, outcome="Allowed",
+        detail=json.dumps({"SessionId": session.id, "Operation": p["Operation"], "Path": path,
+                           "Username": user}),
     )
     return {"SessionId": session.id, "Channel": session.channel,
             "StreamPath": f"/api/v1/sessions/{session.id}/stream"}

@@ -74,7 +74,7 @@ class Session:
     closed: ChannelClose | None = None  # the agent's final close
     closed_at: float | None = None
     terminate_sent_at: float | None = None
-    kind: str = "shell"  # or "port": a TCP connection, not recorded; any traffic is activity
+    kind: str = "shell"  # "port" and "file" are not recorded; any traffic is activity
 
 
 class SessionManager:
@@ -157,40 +157,31 @@ class SessionManager:
                            "`porthole instances` and the agent's service")
         return link, region
 
-    async def open(self, owner: str, instance: dict[str, Any], run_as: str | None,
-                   command: str, reason: str, cols: int, rows: int, term: str,
-                   source_ip: str, port: int | None = None, host: str = "") -> Session:
-        """A shell (or command) session, or with ``port`` a TCP connection from the
-        instance to ``host``:``port``."""
+    async def open(self, owner: str, instance: dict[str, Any], kind: str,
+                   params: dict[str, Any], reason: str, source_ip: str) -> Session:
+        """Open a channel of ``kind`` on the instance: "shell" (params: user, command, cols,
+        rows, term), "port" (host, port) or "file" (op, path, user, mode, mtime)."""
         link, region = await self.check_open(instance)
         channel = secrets.randbelow(2**31 - 1) + 1
         while (instance["id"], channel) in self._by_channel:
             channel = secrets.randbelow(2**31 - 1) + 1
         session_id = new_session_id()
-        meta = {"cols": cols, "rows": rows, "term": term,
-                "title": f"{owner} on {instance['id']} as {run_as or 'default user'}"}
-        kind = "port" if port else "shell"
+        run_as = str(params.get("user") or "")
+        meta = {**params, "title": f"{owner} on {instance['id']} as {run_as or 'default user'}"}
         session = self._make(session_id, instance["id"], instance["region"], channel, owner,
-                             run_as or "", region, meta, kind=kind)
+                             run_as, region, meta, kind=kind)
         session.accepted = asyncio.get_running_loop().create_future()
         self._add(session)
         await self.repo.create_session(
             id=session_id, instance_id=instance["id"], region=instance["region"],
-            channel=channel, owner=owner, run_as=run_as or "", command=command, reason=reason,
-            source_ip=source_ip, status="Connecting", kind=kind, port_number=port,
-            remote_host=host, recording=session.recorder.name(self.config.data_dir),
+            channel=channel, owner=owner, run_as=run_as,
+            command=str(params.get("command") or params.get("path") or ""), reason=reason,
+            source_ip=source_ip, status="Connecting", kind=kind,
+            port_number=params.get("port"), remote_host=str(params.get("host") or ""),
+            recording=session.recorder.name(self.config.data_dir),
         )
-        params: dict[str, Any] = {"session_id": session_id}
-        if port:
-            params.update(host=host or "127.0.0.1", port=port)
-        else:
-            params.update(cols=cols, rows=rows, term=term)
-            if run_as:
-                params["user"] = run_as
-            if command:
-                params["command"] = command
         try:  # no credit yet: the agent sends nothing until the operator's end resumes
-            await link.send(ChannelOpen(channel, kind, 0, params))
+            await link.send(ChannelOpen(channel, kind, 0, {"session_id": session_id, **params}))
             answer = await asyncio.wait_for(session.accepted, OPEN_TIMEOUT)
         except (TimeoutError, ConnectionError, RuntimeError) as exc:
             answer = ChannelClose(channel, f"the agent did not answer ({exc or 'timeout'})")
@@ -201,8 +192,8 @@ class SessionManager:
             raise ApiError(400, "SessionRefused",
                            f"the agent refused the session: {answer.reason}")
         await self.repo.update_session(session_id, status="Active")
-        log.info("session %s: %s on %s %s", session_id, owner, instance["id"],
-                 f"to {host or '127.0.0.1'}:{port}" if port else f"as {run_as or 'default user'}")
+        log.info("session %s: %s opened a %s channel on %s", session_id, owner, kind,
+                 instance["id"])
         return session
 
     # --- agent side ---------------------------------------------------------------------
@@ -226,12 +217,12 @@ class SessionManager:
         if isinstance(message, ChannelData) and message.seq > session.recorded_seq:
             session.recorded_seq = message.seq
             session.recorder.output(message.data)
-            if session.kind == "port":
+            if session.kind != "shell":
                 session.last_input = time.time()
         if isinstance(message, ChannelClose):
             if session.end_reason:
                 raw = encode(ChannelClose(message.channel, session.end_reason,
-                                          message.exit_code, message.last_seq))
+                                          message.exit_code, message.last_seq, message.detail))
             if session.closed is None:
                 await self._ended(session, message)
             session.closed = message

@@ -31,7 +31,10 @@ def put(path: str, mode: int, mtime: float) -> None:
     directory, name = os.path.split(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory")
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".porthole", dir=directory or "/")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".porthole", dir=directory or "/")
+    except OSError as exc:  # name the file the user asked for, not our temporary one
+        raise type(exc)(exc.errno, exc.strerror, path) from None
     digest, size = hashlib.sha256(), 0
     try:
         with os.fdopen(fd, "wb") as f:

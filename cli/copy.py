@@ -149,6 +149,7 @@ class Download(_Transfer):
         self.header: dict[str, Any] | None = None if header else {}
         self._head = bytearray()
         self._pending = 0
+        self._write_lock = asyncio.Lock()
 
     def deliver(self, data: bytes) -> None:
         n = len(data)
@@ -159,12 +160,13 @@ class Download(_Transfer):
                 return
             line, _, data = bytes(self._head).partition(b"\n")
             self.header = json.loads(line)
-        self.digest.update(data)
         self._pending += 1
         asyncio.ensure_future(self._write(data, n))
 
     async def _write(self, data: bytes, n: int) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.sink.write, data)
+        async with self._write_lock:  # FIFO: writes land in the order they arrived
+            await asyncio.get_running_loop().run_in_executor(None, self.sink.write, data)
+            self.digest.update(data)  # what was written, in the order it was written
         self._pending -= 1
         self.progress.advance(len(data))
         self.consumed(n)

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -197,3 +198,80 @@ def test_ssh_scp_sftp_and_rsync_through_ssh_proxy(fleet, tmp_path):
 def test_ssh_config_block(fleet):
     out = fleet.server.cli("ssh-config").stdout
     assert out.startswith("Host mi-*\n") and "ssh-proxy %h %p" in out
+
+
+# --- porthole cp ---------------------------------------------------------------------------
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_cp_file_both_ways_keeps_mode_mtime_and_content(fleet, tmp_path):
+    src = tmp_path / "data.bin"
+    src.write_bytes(os.urandom(8 << 20))
+    os.chmod(src, 0o640)
+    os.utime(src, (1_600_000_000, 1_600_000_000))
+    remote = f"/tmp/ph-cp-{os.getpid()}.bin"
+    fleet.server.cli("cp", str(src), f"{fleet.agent.instance_id}:{remote}")
+    back = tmp_path / "back.bin"
+    fleet.server.cli("cp", f"{fleet.agent.instance_id}:{remote}", str(back))
+    assert _sha(back) == _sha(src)
+    st = back.stat()
+    assert oct(st.st_mode & 0o777) == "0o640" and st.st_mtime == 1_600_000_000
+    subprocess.run([*fleet.host.prefix(), "rm", "-f", remote])
+
+
+def test_cp_recursive_both_ways(fleet, tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "deep.txt").write_text("deep\n")
+    (tree / "top.txt").write_text("top\n")
+    os.chmod(tree / "a", 0o750)
+    remote = f"/tmp/ph-tree-{os.getpid()}"
+    fleet.server.cli("cp", "-r", str(tree), f"{fleet.agent.instance_id}:{remote}")
+    back = tmp_path / "back"
+    fleet.server.cli("cp", "-r", f"{fleet.agent.instance_id}:{remote}", str(back))
+    assert (back / "a" / "b" / "deep.txt").read_text() == "deep\n"
+    assert (back / "top.txt").read_text() == "top\n"
+    assert oct((back / "a").stat().st_mode & 0o777) == "0o750"
+    subprocess.run([*fleet.host.prefix(), "rm", "-rf", remote])
+
+
+def test_cp_refuses_traversal_and_writes_only_where_the_user_may(fleet, tmp_path):
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    traversal = fleet.server.cli("cp", str(src), f"{fleet.agent.instance_id}:/tmp/../etc/x",
+                                 check=False)
+    assert traversal.returncode == 1 and "'..'" in traversal.stderr
+    denied = fleet.server.cli("cp", "--user", "nobody", str(src),
+                              f"{fleet.agent.instance_id}:/root/not-yours", check=False)
+    assert denied.returncode == 1
+    assert "/root/not-yours: Permission denied" in denied.stderr
+    assert denied.stderr.count("\n") == 1
+    missing = fleet.server.cli("cp", f"{fleet.agent.instance_id}:/no/such/file",
+                               str(tmp_path / "x"), check=False)
+    assert missing.returncode == 1 and "No such file" in missing.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_cp_survives_a_link_cut_mid_copy(fleet, tmp_path):
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(48 << 20))
+    remote = f"/tmp/ph-cut-{os.getpid()}.bin"
+    proc = subprocess.Popen([str(BIN / "porthole"), "cp", str(src),
+                             f"{fleet.agent.instance_id}:{remote}"], env=fleet.server.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reject = ["OUTPUT", "-p", "tcp", "--dport", str(fleet.server.port), "-j", "REJECT",
+              "--reject-with", "tcp-reset"]
+    time.sleep(0.8)  # the transfer is under way
+    fleet.host.run("iptables", "-I", *reject)  # the instance's link to the server breaks
+    time.sleep(2)
+    fleet.host.run("iptables", "-D", *reject)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    copied = tmp_path / "copied.bin"
+    subprocess.run([*fleet.host.prefix(), "cp", remote, str(copied)], check=True)
+    subprocess.run([*fleet.host.prefix(), "rm", "-f", remote])
+    assert _sha(copied) == _sha(src)
+    assert fleet.agent.log().count("connected to") >= 2, "the link was not actually cut"

@@ -20,7 +20,9 @@ from agent.files import FileChannel
 from agent.port import PortChannel
 from agent.shell import ShellChannel
 from agent.state import AgentState
+from agent.status import write_status
 from agent.sysinfo import host_info
+from agent.systemd import notify, watchdog_interval
 from proto import ProtocolError
 from proto.handshake import auth_payload
 from proto.messages import (
@@ -89,9 +91,29 @@ class Agent:
         """Called after every (re)connection, e.g. to resend what the server has not acked."""
         self._ws: ClientConnection | None = None
         self.connected_at: float | None = None
+        self.last_heartbeat_ack: float | None = None
+
+    def write_status(self, **values: Any) -> None:
+        with contextlib.suppress(OSError):
+            write_status(self.state.directory, instance_id=self.state.instance_id,
+                         server=self.state.server, connected=self._ws is not None,
+                         connected_since=self.connected_at,
+                         last_heartbeat=self.last_heartbeat_ack,
+                         channels=len(self.channels), **values)
+
+    async def _watchdog(self, interval: float) -> None:
+        """Ping systemd's watchdog while the event loop runs (a hung loop misses pings)."""
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
 
     async def run_forever(self) -> int:
         attempt = 0
+        notify("READY=1")
+        interval = watchdog_interval()
+        if interval:
+            self._watchdog_task = asyncio.create_task(self._watchdog(interval))
+        self.write_status()
         while True:
             try:
                 await self._connection()
@@ -106,6 +128,8 @@ class Agent:
             delay = backoff_delay(attempt)
             attempt += 1
             log.info("reconnecting in %.1f s", delay)
+            notify(f"STATUS=disconnected; reconnecting in {delay:.0f} s")
+            self.write_status(next_attempt_at=time.time() + delay)
             await asyncio.sleep(delay)
 
     async def _connection(self) -> None:
@@ -118,6 +142,8 @@ class Agent:
             self._ws = ws
             self.connected_at = time.time()
             log.info("connected to %s as %s", self.url, self.state.instance_id)
+            notify(f"STATUS=connected to {self.url}")
+            self.write_status()
             self._outbox = asyncio.Queue()
             heartbeat = asyncio.create_task(self._heartbeats(ws, interval))
             writer = asyncio.create_task(self._writer(ws, self._outbox))
@@ -132,6 +158,7 @@ class Agent:
                     self._on_message(decode(frame))
             finally:
                 self._ws = None
+                self.write_status()
                 heartbeat.cancel()
                 writer.cancel()
                 for channel in list(self.channels.values()):
@@ -218,7 +245,8 @@ class Agent:
         elif type(message) in self.handlers:
             self.handlers[type(message)](message)
         elif isinstance(message, HeartbeatAck):
-            pass
+            self.last_heartbeat_ack = time.time()
+            self.write_status()
         elif isinstance(message, Error):
             if message.code in FATAL_CODES:
                 raise Fatal(f"{message.message} ({message.code})")

@@ -77,6 +77,57 @@ def run(state_dir: Path | None, log_format: str, log_level: str) -> None:
     sys.exit(asyncio.run(_run(agent)))
 
 
+@cli.command()
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None, help=STATE_DIR_HELP)
+@click.option("--output", type=click.Choice(["text", "json"]), default="text")
+def status(state_dir: Path | None, output: str) -> None:
+    """Show the local agent's state: server, connection, last heartbeat, spooled results."""
+    import time
+
+    from agent.state import AgentState
+    from agent.status import process_alive, read_status
+
+    directory = state_dir or default_state_dir()
+    try:
+        state = AgentState.load(directory)
+    except StateError as exc:
+        _fail(str(exc))
+    current = read_status(directory) or {}
+    running = bool(current.get("pid")) and process_alive(int(current["pid"]))
+    spool = directory / "spool"
+    info = {
+        "InstanceId": state.instance_id,
+        "Server": state.server,
+        "Region": state.region,
+        "Running": running,
+        "Connected": running and bool(current.get("connected")),
+        "ConnectedSince": current.get("connected_since") if running else None,
+        "LastHeartbeat": current.get("last_heartbeat"),
+        "OpenChannels": current.get("channels", 0) if running else 0,
+        "SpooledResults": len(list(spool.glob("*.result"))) if spool.is_dir() else 0,
+        "Pid": current.get("pid") if running else None,
+    }
+    if output == "json":
+        click.echo(json.dumps(info))
+        return
+
+    def ago(ts: float | None) -> str:
+        return "never" if not ts else f"{time.time() - ts:.0f} s ago"
+
+    click.echo(f"instance        {info['InstanceId']} ({info['Region']})")
+    click.echo(f"server          {info['Server']}")
+    process = f"running, pid {info['Pid']}" if running else "not running"
+    link = f"connected since {ago(info['ConnectedSince'])}" if info["Connected"] else \
+        "not connected"
+    click.echo(f"agent process   {process}")
+    click.echo(f"connection      {link}")
+    click.echo(f"last heartbeat  {ago(info['LastHeartbeat'])}")
+    click.echo(f"open channels   {info['OpenChannels']}")
+    click.echo(f"spooled results {info['SpooledResults']} (not yet acknowledged by the server)")
+    if not running:
+        sys.exit(3)
+
+
 async def _run(agent: object) -> int:
     from agent.connection import Agent
 

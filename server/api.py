@@ -21,6 +21,7 @@ from proto.ids import is_instance_id
 from server.auth import authenticate
 from server.authz import Principal, authorize
 from server.errors import ApiError, invalid_parameter
+from server.metrics import AUTH_FAILURES
 
 log = logging.getLogger("porthole.api")
 
@@ -153,6 +154,8 @@ async def dispatch(request: web.Request) -> web.Response:
         return web.json_response({"RequestId": request_id, **result})
     except ApiError as exc:
         outcome = "Denied" if exc.status in (401, 403) else "Error"
+        if exc.status == 401:
+            AUTH_FAILURES.labels("operator", exc.code).inc()
         detail = f"{exc.code}: {exc.message}"
         return error_response(exc.status, exc.code, exc.message, request_id)
     except Exception:

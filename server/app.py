@@ -9,6 +9,7 @@ import ssl
 from dataclasses import dataclass
 
 from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 import server.api_commands  # noqa: F401  (each api_* module registers its actions)
 import server.api_instances  # noqa: F401
@@ -21,10 +22,14 @@ from server.commands import CommandService
 from server.config import ServerConfig
 from server.errors import ApiError
 from server.gateway import Gateway
+from server.metrics import REGISTRY, LiveCollector
 from server.sessions import SessionManager
 from server.storage import Repository
 
 log = logging.getLogger("porthole.server")
+
+DRAIN_TIMEOUT = 10.0
+"""Seconds a stopping server waits for API calls in flight."""
 
 
 @dataclass
@@ -92,12 +97,23 @@ def build_app(services: Services) -> web.Application:
     app["services"] = services
     app.router.add_get("/healthz", _health)
     app.router.add_get("/openapi.json", _openapi)
+    app.router.add_get("/metrics", make_aiohttp_handler(REGISTRY))
     app.router.add_post("/api/v1/{action}", dispatch)
     app.router.add_get("/api/v1/sessions/{sid}/stream", _session_stream)
     app.router.add_get("/api/v1/sessions/{sid}/recording", _session_recording)
     app.router.add_post("/agent/v1/register", services.gateway.register)
     app.router.add_get("/agent/v1/connect", services.gateway.connect)
     return app
+
+
+def _reload_certificate(config: ServerConfig, tls: ssl.SSLContext) -> None:
+    """SIGHUP: new handshakes use the certificate on disk now; open connections go on."""
+    try:
+        tls.load_cert_chain(config.path(config.tls_cert), config.path(config.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        log.error("SIGHUP: keeping the current certificate; cannot load the new one: %s", exc)
+        return
+    log.info("SIGHUP: reloaded the TLS certificate %s", config.path(config.tls_cert))
 
 
 def tls_context(config: ServerConfig) -> ssl.SSLContext:
@@ -121,10 +137,16 @@ async def serve(config: ServerConfig) -> None:
     services.gateway.start()
     await services.sessions.start()
     app = build_app(services)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    collector = LiveCollector(services.gateway.count_by_region,
+                              services.sessions.count_by_kind)
+    REGISTRY.register(collector)
+    counting = asyncio.create_task(collector.refresh_invocations(services.repo.engine))
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=DRAIN_TIMEOUT)
     await runner.setup()
     host, port = config.listen_address()
-    site = web.TCPSite(runner, host, port, ssl_context=tls_context(config), reuse_address=True)
+    tls = tls_context(config)
+    site = web.TCPSite(runner, host, port, ssl_context=tls, reuse_address=True)
     await site.start()
     log.info("porthole-server %s listening on https://%s:%d (data dir %s)",
              __version__, host, port, config.data_dir)
@@ -132,8 +154,12 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_certificate, config, tls)
     await stop.wait()
-    log.info("shutting down")
+    log.info("shutting down: no new connections; agents and operators will reconnect")
+    await site.stop()
+    counting.cancel()
+    REGISTRY.unregister(collector)
     await services.sessions.stop()
     await services.gateway.close_all()
     await runner.cleanup()

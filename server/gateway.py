@@ -34,6 +34,7 @@ from proto.messages import (
 )
 from server.config import ServerConfig
 from server.errors import ApiError
+from server.metrics import AUTH_FAILURES, FRAME_ERRORS
 from server.storage import ActivationError, Repository
 
 log = logging.getLogger("porthole.gateway")
@@ -154,6 +155,7 @@ class Gateway:
         except ProtocolError as exc:
             log.warning("agent %s from %s: protocol error: %s; closing its connection",
                         link.instance_id if link else "(unauthenticated)", peer, exc)
+            FRAME_ERRORS.labels("agent", exc.code).inc()
             await _send_error(ws, exc.code, str(exc))
             await ws.close(code=CLOSE_PROTOCOL_ERROR, message=exc.code.encode()[:120])
         except TimeoutError:
@@ -232,6 +234,7 @@ class Gateway:
         self, ws: web.WebSocketResponse, peer: str, instance_id: str, code: str, message: str
     ) -> None:
         log.warning("agent %s from %s refused: %s", instance_id[:40], peer, message)
+        AUTH_FAILURES.labels("agent", code).inc()
         await self.repo.audit(principal=f"instance/{instance_id[:40]}", action="AgentConnect",
                               source_ip=peer, outcome="Denied", detail=message)
         await _send_error(ws, code, message)
@@ -257,11 +260,17 @@ class Gateway:
                 raise ProtocolError(f"unexpected {message.TYPE} from an agent",
                                     "UnexpectedMessage")
 
+    def count_by_region(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for link in self.links.values():
+            counts[link.region] = counts.get(link.region, 0) + 1
+        return counts
+
     async def close_all(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
         for link in list(self.links.values()):
-            await link.ws.close(code=1001, message=b"server shutting down")
+            await link.ws.close(code=1012, message=b"server restarting")
 
 
 async def _send_error(ws: web.WebSocketResponse, code: str, message: str) -> None:

@@ -39,6 +39,7 @@ from proto.messages import (
 from server.config import ServerConfig
 from server.errors import ApiError
 from server.gateway import AgentLink, Gateway
+from server.metrics import FRAME_ERRORS, RELAYED_BYTES
 from server.recording import NullRecorder, Recorder
 from server.storage import Repository
 
@@ -104,6 +105,13 @@ class SessionManager:
             session.started = row["started_at"]
             self._add(session)
         self._sweeper = asyncio.create_task(self._sweep())
+
+    def count_by_kind(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for session in self.sessions.values():
+            if session.closed is None:
+                counts[session.kind] = counts.get(session.kind, 0) + 1
+        return counts
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -215,6 +223,7 @@ class SessionManager:
             session.accepted.set_result(message)
             return
         if isinstance(message, ChannelData) and message.seq > session.recorded_seq:
+            RELAYED_BYTES.labels("to_operator").inc(len(message.data))
             session.recorded_seq = message.seq
             session.recorder.output(message.data)
             if session.kind != "shell":
@@ -286,6 +295,7 @@ class SessionManager:
                 await self._from_client(session, message, msg.data)
         except ProtocolError as exc:
             log.warning("session %s: operator protocol error: %s", session.id, exc)
+            FRAME_ERRORS.labels("operator", exc.code).inc()
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await ws.send_bytes(encode(Error(exc.code, str(exc))))
             await ws.close(code=1002, message=exc.code.encode())
@@ -304,6 +314,7 @@ class SessionManager:
 
     async def _from_client(self, session: Session, message: Message, raw: bytes) -> None:
         if isinstance(message, ChannelData):
+            RELAYED_BYTES.labels("to_instance").inc(len(message.data))
             session.last_input = time.time()
             session.recorder.input(message.data)
         elif isinstance(message, TerminalResize):

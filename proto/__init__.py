@@ -4,7 +4,6 @@ Sans-I/O: nothing here touches sockets, files or an event loop.
 """
 
 from proto import messages  # noqa: F401  (registers the message types)
-from proto import commands  # noqa: F401,I001  (registers the command message family)
 from proto.errors import ProtocolError, VersionError
 
 __all__ = ["ProtocolError", "VersionError"]

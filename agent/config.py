@@ -24,6 +24,8 @@ class AgentConfig:
     session_user_sudo: bool = False
     resume_timeout: float = 60.0
     """Seconds a session survives without the server before it is ended."""
+    upgrade_check_interval: float = 30.0
+    """Seconds between checks for an upgraded agent package (then it restarts); 0: never."""
     allow_link_local_forwarding: bool = False
     """Port forwarding to link-local and cloud metadata addresses is refused unless true."""
 
@@ -55,4 +57,7 @@ class AgentConfig:
                 raise AgentConfigError(f"{path}: {key} must be true or false")
         if not isinstance(config.resume_timeout, int | float) or config.resume_timeout <= 0:
             raise AgentConfigError(f"{path}: resume_timeout must be a positive number")
+        if not isinstance(config.upgrade_check_interval, int | float) \
+                or config.upgrade_check_interval < 0:
+            raise AgentConfigError(f"{path}: upgrade_check_interval must be 0 or more seconds")
         return config

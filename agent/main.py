@@ -74,7 +74,12 @@ def run(state_dir: Path | None, log_format: str, log_level: str) -> None:
     except (StateError, AgentConfigError, ValueError) as exc:
         _fail(str(exc))
     _setup_logging(log_format, log_level)
-    sys.exit(asyncio.run(_run(agent)))
+    code = asyncio.run(_run(agent))
+    if code == RESTART:
+        from agent.upgrade import restart
+
+        restart()
+    sys.exit(code)
 
 
 @cli.command()
@@ -128,18 +133,34 @@ def status(state_dir: Path | None, output: str) -> None:
         sys.exit(3)
 
 
+RESTART = -1
+
+
 async def _run(agent: object) -> int:
     from agent.connection import Agent
+    from agent.upgrade import watch_for_upgrade
 
     assert isinstance(agent, Agent)
+    log = logging.getLogger("porthole.agent")
     main = asyncio.create_task(agent.run_forever())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, main.cancel)
+    tasks: set[asyncio.Task[object]] = {main}  # type: ignore[arg-type]
+    if agent.config.upgrade_check_interval > 0:
+        tasks.add(asyncio.create_task(watch_for_upgrade(agent.config.upgrade_check_interval)))
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    if main not in done:
+        (watcher,) = done
+        log.info("the agent package was upgraded to %s; restarting", watcher.result())
+        main.cancel()
+        return RESTART
+    for task in tasks - done:
+        task.cancel()
     try:
-        return await main
+        return main.result()
     except asyncio.CancelledError:
-        logging.getLogger("porthole.agent").info("stopped")
+        log.info("stopped")
         return 0
 
 

@@ -128,8 +128,7 @@ def test_several_instances_one_offline_exits_nonzero(server, make_agent):
     a, b = make_agent(), make_agent()
     b.stop()
     wait_for(lambda: not server.online(b.instance_id), 20, "agent b offline")
-    rc, reply = server.run_json(a.instance_id, b.instance_id, "--script", "echo hi",
-                                "--delivery-timeout", "0")
+    rc, reply = server.run_json(a.instance_id, b.instance_id, "--script", "echo hi")
     assert rc == 1
     by_id = {r["InstanceId"]: r for r in reply["Results"]}
     assert by_id[a.instance_id]["InvocationStatus"] == "Success"

@@ -192,7 +192,7 @@ class SessionManager:
             await link.send(ChannelOpen(channel, kind, 0, {"session_id": session_id, **params}))
             answer = await asyncio.wait_for(session.accepted, OPEN_TIMEOUT)
         except (TimeoutError, ConnectionError, RuntimeError) as exc:
-            answer = ChannelClose(channel, f"the agent did not answer ({exc or 'timeout'})")
+            answer = ChannelClose(channel, f"the agent did not answer ({str(exc) or 'timeout'})")
         if isinstance(answer, ChannelClose):
             self._remove(session)
             await self.repo.update_session(session_id, status="Failed", ended_at=time.time(),

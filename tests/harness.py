@@ -45,6 +45,7 @@ class Server:
         self.url = f"https://{listen_host}:{self.port}"
         self.log_path = root / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.agents_depend = False  # set once agents were registered against this port
         args = [str(BIN / "porthole-server"), "init", "--data-dir", str(self.data_dir),
                 "--listen", f"{listen_host}:{self.port}"]
         for r in regions:
@@ -61,13 +62,29 @@ class Server:
         self.ca_file = self.data_dir / "ca.pem"
 
     def start(self) -> Server:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(
-            [str(BIN / "porthole-server"), "run", "--data-dir", str(self.data_dir)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        wait_for(self.healthy, 20, "server health")
-        return self
+        for _ in range(3):
+            log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+            self.proc = subprocess.Popen(
+                [str(BIN / "porthole-server"), "run", "--data-dir", str(self.data_dir)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+            try:
+                wait_for(self.healthy, 20, "server health")
+                return self
+            except AssertionError:
+                if "address already in use" not in self.log() or self.agents_depend:
+                    raise
+            self._move_to_free_port()  # another process took the port meanwhile
+        raise AssertionError(f"server did not start: {self.log()}")
+
+    def _move_to_free_port(self) -> None:
+        config_file = self.data_dir / "server.yaml"
+        config = yaml.safe_load(config_file.read_text())
+        host = config["listen"].rpartition(":")[0]
+        self.port = free_port()
+        self.url = f"https://{host}:{self.port}"
+        config["listen"] = f"{host}:{self.port}"
+        config_file.write_text(yaml.safe_dump(config))
 
     def healthy(self) -> dict[str, Any] | None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -150,6 +167,7 @@ class Agent:
         self.log_path = state_dir.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
         activation = activation or server.activation(count=1)
+        server.agents_depend = True
         result = register(server, state_dir, activation, region, self.prefix)
         if result.returncode != 0:
             raise AssertionError(f"register failed: {result.stderr}")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import BIN, Agent, Server, free_port
+from tests.harness import BIN, Agent, Server, free_port, wait_for
 from tests.netns import InstanceHost
 from tests.sshd import Sshd
 
@@ -264,7 +264,7 @@ def test_cp_survives_a_link_cut_mid_copy(fleet, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     reject = ["OUTPUT", "-p", "tcp", "--dport", str(fleet.server.port), "-j", "REJECT",
               "--reject-with", "tcp-reset"]
-    time.sleep(0.8)  # the transfer is under way
+    wait_for(lambda: _partial_upload(fleet, remote) > 4 << 20, 60, "the upload under way")
     fleet.host.run("iptables", "-I", *reject)  # the instance's link to the server breaks
     time.sleep(2)
     fleet.host.run("iptables", "-D", *reject)
@@ -275,3 +275,12 @@ def test_cp_survives_a_link_cut_mid_copy(fleet, tmp_path):
     subprocess.run([*fleet.host.prefix(), "rm", "-f", remote])
     assert _sha(copied) == _sha(src)
     assert fleet.agent.log().count("connected to") >= 2, "the link was not actually cut"
+
+
+def _partial_upload(fleet, remote: str) -> int:
+    """Bytes so far in the temporary file an upload to ``remote`` writes."""
+    directory, name = os.path.split(remote)
+    out = subprocess.run([*fleet.host.prefix(), "sh", "-c",
+                          f"stat -c %s {directory}/.{name}.*.porthole 2>/dev/null || echo 0"],
+                         capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else 0

@@ -75,7 +75,8 @@ def test_job_control_ctrl_c_ctrl_z_and_arrow_keys(server, make_agent):
     child.expect("Stopped")
     child.sendline("jobs -l")
     child.expect("sleep 200")
-    child.sendline("kill %1")
+    child.sendline("kill -KILL %1; wait; echo reaped")
+    child.expect("reaped")
     child.sendline("echo one-two")
     child.expect("one-two")
     child.send("\x1b[A")  # up arrow: history recalls the last command

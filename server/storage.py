@@ -22,7 +22,9 @@ class Repository(FleetStore, IamStore, AuditStore, CommandStore):
 
     @classmethod
     async def open(cls, url: str) -> Repository:
-        engine = create_async_engine(url)
+        # Bursts of API calls (fifty sessions opened at once) must queue for a connection
+        # rather than fail: a larger pool and a longer wait than SQLAlchemy's defaults.
+        engine = create_async_engine(url, pool_size=10, max_overflow=30, pool_timeout=120)
         if engine.dialect.name == "sqlite":
             @sa.event.listens_for(engine.sync_engine, "connect")
             def _pragmas(conn: Any, _record: Any) -> None:

@@ -13,6 +13,9 @@ def server(tmp_path: Path) -> Iterator[Server]:
     srv = Server(tmp_path).start()
     yield srv
     srv.stop()
+    log = srv.log()
+    if "Traceback" in log:  # shown with a failing test's captured output
+        print(f"--- server log with a traceback ---\n{log[log.index('Traceback') - 300:][:6000]}")
 
 
 @pytest.fixture

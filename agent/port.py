@@ -37,7 +37,7 @@ def forbidden_target(address: str) -> str | None:
 
 
 class PortChannel(AgentChannel):
-    receive_window = 256 * 1024
+    receive_window = 2 * 1024 * 1024  # see cli.stream.BULK_WINDOW
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ import click
 
 from cli.client import Client
 from cli.common import client, fail
-from cli.stream import ChannelClient, SessionEnded
+from cli.stream import BULK_WINDOW, ChannelClient, SessionEnded
 from proto.messages import MAX_CHUNK
 
 REMOTE_RE = re.compile(r"^(mi-[0-9a-f]{17}):(.+)$")
@@ -77,6 +77,7 @@ class Progress:
 
 
 class _Transfer(ChannelClient):
+    receive_window = BULK_WINDOW
     def __init__(self, api: Client, start: dict[str, Any], progress: Progress) -> None:
         super().__init__(api, start)
         self.progress = progress

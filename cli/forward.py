@@ -14,12 +14,14 @@ import click
 from cli.client import ApiError, Client, ConnectError
 from cli.common import client, fail
 from cli.config import Profile
-from cli.stream import ChannelClient, SessionEnded
+from cli.stream import BULK_WINDOW, ChannelClient, SessionEnded
 from proto.messages import MAX_CHUNK
 
 
 class StreamBridge(ChannelClient):
     """Moves bytes between a local stream (socket or stdin/stdout) and a port channel."""
+
+    receive_window = BULK_WINDOW
 
     def __init__(self, api: Client, start: dict[str, Any], reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, resume_timeout: float = 60.0) -> None:

@@ -31,6 +31,9 @@ from proto.messages import (
 )
 
 WINDOW = 256 * 1024
+BULK_WINDOW = 2 * 1024 * 1024
+"""Byte streams (forwards, copies) keep more in flight: on a path with a few milliseconds
+of round trip, 256 KiB of credit would cap a connection at tens of MB/s."""
 EXIT_ABNORMAL = 255
 
 
@@ -44,12 +47,15 @@ class SessionEnded(Exception):
 class ChannelClient:
     """Subclasses implement :meth:`deliver` (and may override the other hooks)."""
 
+    receive_window = WINDOW
+
     def __init__(self, client: Client, start: dict[str, Any], resume_timeout: float = 60.0
                  ) -> None:
         self.client = client
         self.session_id: str = start["SessionId"]
         self.path: str = start["StreamPath"]
-        self.endpoint = Endpoint(int(start["Channel"]), 0, WINDOW)  # no credit until resume
+        # no credit until the agent's resume arrives
+        self.endpoint = Endpoint(int(start["Channel"]), 0, self.receive_window)
         self.resume_timeout = resume_timeout
         self.ws: ClientConnection | None = None
         self.remote_close: ChannelClose | None = None

@@ -159,12 +159,16 @@ def instances_deregister(instance_id: str) -> None:
     click.echo(f"deregistered {instance_id}")
 
 
+from cli.audit import audit  # noqa: E402
 from cli.copy import cp  # noqa: E402
 from cli.forward import forward, ssh_config, ssh_proxy  # noqa: E402
+from cli.iam import iam, instances_tag  # noqa: E402
 from cli.run import run  # noqa: E402  (command modules attach to the root group)
 from cli.sessions import session, sessions, settings  # noqa: E402
 
-for command in (run, session, sessions, settings, forward, ssh_proxy, ssh_config, cp):
+instances.add_command(instances_tag)
+for command in (run, session, sessions, settings, forward, ssh_proxy, ssh_config, cp, iam,
+                audit):
     cli.add_command(command)
 
 

@@ -22,20 +22,23 @@ def canonical_query(query: str) -> str:
 
 
 def string_to_sign(
-    method: str, path: str, query: str, body: bytes, timestamp: str, nonce: str, key_id: str
+    method: str, path: str, query: str, body: bytes, timestamp: str, nonce: str, key_id: str,
+    token: str = "",
 ) -> bytes:
-    return "\n".join(
-        [
-            ALGORITHM,
-            method.upper(),
-            path,
-            canonical_query(query),
-            hashlib.sha256(body).hexdigest(),
-            timestamp,
-            nonce,
-            key_id,
-        ]
-    ).encode()
+    """With temporary credentials the SHA-256 of the security token is a ninth line."""
+    lines = [
+        ALGORITHM,
+        method.upper(),
+        path,
+        canonical_query(query),
+        hashlib.sha256(body).hexdigest(),
+        timestamp,
+        nonce,
+        key_id,
+    ]
+    if token:
+        lines.append(hashlib.sha256(token.encode()).hexdigest())
+    return "\n".join(lines).encode()
 
 
 def sign(secret: str, message: bytes) -> str:
@@ -43,4 +46,6 @@ def sign(secret: str, message: bytes) -> str:
 
 
 def verify(secret: str, message: bytes, signature: str) -> bool:
-    return hmac.compare_digest(sign(secret, message), signature)
+    """Constant-time; any header text (even non-ASCII) is just a mismatch."""
+    return hmac.compare_digest(sign(secret, message).encode(),
+                               signature.encode("utf-8", "replace"))

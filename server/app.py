@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+import server.api_audit  # noqa: F401
 import server.api_commands  # noqa: F401  (each api_* module registers its actions)
+import server.api_iam  # noqa: F401
 import server.api_instances  # noqa: F401
 import server.api_sessions  # noqa: F401
 from server import __version__
@@ -23,6 +25,8 @@ from server.config import ServerConfig
 from server.errors import ApiError
 from server.gateway import Gateway
 from server.metrics import REGISTRY, LiveCollector
+from server.ratelimit import request_limits
+from server.secrets import install_keyring
 from server.sessions import SessionManager
 from server.storage import Repository
 
@@ -93,7 +97,8 @@ async def _openapi(request: web.Request) -> web.Response:
 
 
 def build_app(services: Services) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[_errors, request_limits],
+                          client_max_size=1024 * 1024)
     app["services"] = services
     app.router.add_get("/healthz", _health)
     app.router.add_get("/openapi.json", _openapi)
@@ -125,6 +130,7 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext:
 
 async def open_services(config: ServerConfig) -> Services:
     repo = await Repository.open(config.db_url)
+    await install_keyring(config.data_dir, repo)
     await repo.ensure_regions(config.regions)
     gateway = Gateway(config, repo)
     return Services(config, repo, gateway, CommandService(repo, gateway),

@@ -15,6 +15,7 @@ from proto.ids import new_access_key
 from server import __version__
 from server.config import ConfigError, ServerConfig
 from server.pki import create_ca, issue_server_cert
+from server.secrets import SecretError, install_keyring, master_key_path
 
 ADMIN_USER = "admin"
 
@@ -41,7 +42,7 @@ def cli() -> None:
 @click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT")
 def init(data_dir: Path, account_id: str, regions: tuple[str, ...],
          hostnames: tuple[str, ...], listen: str) -> None:
-    """Create the database, CA, server certificate and admin access key."""
+    """Create the database, CA, server certificate, master key and admin access key."""
     if (data_dir / "server.yaml").exists():
         _fail(f"{data_dir} is already initialised; use a new --data-dir or remove it first")
     config = ServerConfig(data_dir=data_dir, account_id=account_id,
@@ -62,7 +63,9 @@ def init(data_dir: Path, account_id: str, regions: tuple[str, ...],
         json.dump({"AccessKeyId": key_id, "AccessKeySecret": secret}, f, indent=2)
     config.save()
     click.echo(f"initialised {data_dir}: CA {data_dir / 'ca.pem'}, "
-               f"admin key in {data_dir / 'admin.json'}, regions {', '.join(config.regions)}")
+               f"admin key in {data_dir / 'admin.json'}, master key in "
+               f"{master_key_path(data_dir)} (back it up apart from the database), "
+               f"regions {', '.join(config.regions)}")
 
 
 async def _init_db(config: ServerConfig, key_id: str, secret: str) -> None:
@@ -70,6 +73,7 @@ async def _init_db(config: ServerConfig, key_id: str, secret: str) -> None:
 
     repo = await Repository.open(config.db_url)
     try:
+        await install_keyring(config.data_dir, repo)
         await repo.ensure_regions(config.regions)
         await repo.create_user(ADMIN_USER, ["AdministratorAccess"])
         await repo.create_access_key(ADMIN_USER, key_id, secret)
@@ -100,6 +104,8 @@ def run(data_dir: Path, listen: str | None, log_format: str, log_level: str) -> 
         asyncio.run(serve(config))
     except OSError as exc:
         _fail(f"cannot serve on {config.listen}: {exc.strerror or exc}")
+    except SecretError as exc:
+        _fail(str(exc))
 
 
 class _JsonFormatter(logging.Formatter):

@@ -326,10 +326,11 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def parse_policy(document: str | bytes | Mapping[str, Any]) -> Policy:
-    """Parse and validate a policy given as JSON text/bytes or an already-decoded mapping."""
-    if isinstance(document, Policy):
-        return document
+MAX_DOCUMENT_CHARS = 6144
+"""Largest policy document accepted through the API (the RAM limit for custom policies)."""
+
+
+def _decode(document: str | bytes | Mapping[str, Any]) -> Any:
     if isinstance(document, bytes | bytearray):
         try:
             document = bytes(document).decode("utf-8-sig")
@@ -341,6 +342,16 @@ def parse_policy(document: str | bytes | Mapping[str, Any]) -> Policy:
         except json.JSONDecodeError as e:
             raise PolicyError(f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}") \
                 from None
+        except RecursionError:
+            raise PolicyError("document", "JSON is nested too deeply") from None
+    return document
+
+
+def parse_policy(document: str | bytes | Mapping[str, Any]) -> Policy:
+    """Parse and validate a policy given as JSON text/bytes or an already-decoded mapping."""
+    if isinstance(document, Policy):
+        return document
+    document = _decode(document)
     if not isinstance(document, Mapping):
         raise PolicyError("document", f"must be a JSON object, got {_show(document)}")
     _check_keys(document, "", ("Version", "Statement"), ("Version", "Statement"))
@@ -358,6 +369,76 @@ def parse_policy(document: str | bytes | Mapping[str, Any]) -> Policy:
     except (TypeError, ValueError) as e:
         raise PolicyError("document", f"not JSON-serialisable: {e}") from None
     return Policy("1", statements, source)
+
+
+# ---------------------------------------------------------------- role trust policies
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """Who may assume a role: statements with a Principal ({"RAM": [ARN, ...]}) in place of
+    a Resource. ``acs:ram::ACCOUNT:root`` (or the bare account id) means any RAM user of
+    that account; other entries are ARNs with `*`/`?` wildcards."""
+
+    statements: tuple[tuple[Statement, tuple[str, ...]], ...]
+    source: str
+
+
+def _parse_trust_statement(st: object, place: str) -> tuple[Statement, tuple[str, ...]]:
+    if not isinstance(st, Mapping):
+        raise PolicyError(place, f"a statement must be an object, got {_show(st)}")
+    _check_keys(st, place, ("Effect", "Action", "Principal", "Condition"),
+                ("Effect", "Action", "Principal"))
+    principal = st["Principal"]
+    where = _at(place, "Principal")
+    if not isinstance(principal, Mapping) or set(principal) != {"RAM"}:
+        raise PolicyError(where, 'must be {"RAM": ["acs:ram::ACCOUNT:root" or user ARNs]}')
+    principals = _strings(principal["RAM"], _at(where, "RAM"))
+    statement = _parse_statement({**{k: v for k, v in st.items() if k != "Principal"},
+                                  "Resource": "*"}, place)
+    if not any(_glob(a.casefold(), "sts:assumerole") for a in statement.actions):
+        raise PolicyError(_at(place, "Action"), "a trust policy statement must name "
+                                                "sts:AssumeRole")
+    return statement, principals
+
+
+def parse_trust_policy(document: str | bytes | Mapping[str, Any]) -> TrustPolicy:
+    document = _decode(document)
+    if not isinstance(document, Mapping):
+        raise PolicyError("document", f"must be a JSON object, got {_show(document)}")
+    _check_keys(document, "", ("Version", "Statement"), ("Version", "Statement"))
+    if document["Version"] != "1":
+        raise PolicyError("Version", f'must be "1", got {_show(document["Version"])}')
+    raw = document["Statement"]
+    if isinstance(raw, Mapping):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise PolicyError("Statement", f"must be a non-empty list of statements, got {_show(raw)}")
+    statements = tuple(_parse_trust_statement(s, f"Statement[{i}]") for i, s in enumerate(raw))
+    return TrustPolicy(statements, json.dumps(document, ensure_ascii=False,
+                                              separators=(",", ":")))
+
+
+def _principal_matches(pattern: str, caller: str, account: str) -> bool:
+    if pattern in (account, f"acs:ram::{account}:root"):
+        return caller.startswith(f"acs:ram::{account}:user/")
+    return _glob(pattern, caller)
+
+
+def trusts(policy: TrustPolicy, caller: str, account: str,
+           context: Mapping[str, object] | None = None) -> bool:
+    """Does the trust policy let `caller` (a full RAM ARN) assume the role? Deny wins."""
+    ctx = {k.casefold(): v for k, v in (context or {}).items()}
+    allowed = False
+    for statement, principals in policy.statements:
+        if not (statement.matches("sts:assumerole", "*")
+                and any(_principal_matches(p, caller, account) for p in principals)
+                and statement.failed_condition(ctx) is None):
+            continue
+        if statement.effect == "Deny":
+            return False
+        allowed = True
+    return allowed
 
 
 # ---------------------------------------------------------------- evaluation
@@ -421,7 +502,8 @@ ADMINISTRATOR_ACCESS: dict[str, Any] = {
 
 BUILTIN_POLICIES: dict[str, dict[str, Any]] = {
     "AdministratorAccess": ADMINISTRATOR_ACCESS,
-    "ReadOnlyAccess": _allow("ecs:Describe*", "ecs:List*", "ram:Get*", "ram:List*"),
+    "ReadOnlyAccess": _allow("ecs:Describe*", "ecs:List*", "ram:Get*", "ram:List*",
+                             "actiontrail:LookupEvents"),
     "SessionManagerUserAccess": {
         "Version": "1",
         "Statement": [

@@ -160,15 +160,19 @@ def instances_deregister(instance_id: str) -> None:
 
 
 from cli.audit import audit  # noqa: E402
+from cli.commands_cli import command as command_group  # noqa: E402
+from cli.commands_cli import invoke  # noqa: E402
 from cli.copy import cp  # noqa: E402
 from cli.forward import forward, ssh_config, ssh_proxy  # noqa: E402
 from cli.iam import iam, instances_tag  # noqa: E402
+from cli.invocations import invocations  # noqa: E402
 from cli.run import run  # noqa: E402  (command modules attach to the root group)
+from cli.send_file import send_file  # noqa: E402
 from cli.sessions import session, sessions, settings  # noqa: E402
 
 instances.add_command(instances_tag)
-for command in (run, session, sessions, settings, forward, ssh_proxy, ssh_config, cp, iam,
-                audit):
+for command in (run, session, sessions, settings, forward, ssh_proxy, ssh_config, cp,
+                command_group, invoke, invocations, send_file, iam, audit):
     cli.add_command(command)
 
 

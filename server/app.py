@@ -141,6 +141,7 @@ async def serve(config: ServerConfig) -> None:
     services = await open_services(config)
     await services.repo.reset_connections()
     services.gateway.start()
+    services.commands.start()
     await services.sessions.start()
     app = build_app(services)
     collector = LiveCollector(services.gateway.count_by_region,
@@ -167,6 +168,7 @@ async def serve(config: ServerConfig) -> None:
     counting.cancel()
     REGISTRY.unregister(collector)
     await services.sessions.stop()
+    await services.commands.stop()
     await services.gateway.close_all()
     await runner.cleanup()
     await services.repo.close()

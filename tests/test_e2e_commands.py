@@ -10,9 +10,29 @@ import uuid
 
 import pytest
 
-from tests.harness import wait_for
+from tests.harness import Agent, Server, wait_for
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (useradd, run-as)")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server and one agent for the whole module: these tests do not disturb them."""
+    srv = Server(tmp_path_factory.mktemp("run")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_agent(server, tmp_path_factory):
+    agent = Agent(server, tmp_path_factory.mktemp("agents") / "a0").start()
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture
+def make_agent(shared_agent):
+    return lambda: shared_agent
 
 
 def test_register_and_see_online(server, make_agent):
@@ -124,11 +144,11 @@ def test_large_output_is_truncated_with_a_dropped_count(server, make_agent):
     assert r["Dropped"] == 100000 - 24 * 1024
 
 
-def test_several_instances_one_offline_exits_nonzero(server, make_agent):
-    a, b = make_agent(), make_agent()
-    b.stop()
-    wait_for(lambda: not server.online(b.instance_id), 20, "agent b offline")
-    rc, reply = server.run_json(a.instance_id, b.instance_id, "--script", "echo hi")
+def test_several_instances_one_offline_exits_nonzero(server, make_agent, tmp_path):
+    a = make_agent()
+    b = Agent(server, tmp_path / "never-started")  # registered, never online
+    rc, reply = server.run_json(a.instance_id, b.instance_id, "--script", "echo hi",
+                                "--delivery-timeout", "0")
     assert rc == 1
     by_id = {r["InstanceId"]: r for r in reply["Results"]}
     assert by_id[a.instance_id]["InvocationStatus"] == "Success"

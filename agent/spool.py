@@ -1,0 +1,98 @@
+"""The agent's task spool: every task it owns, on disk, until the server acknowledges it.
+
+For task T the spool directory holds ``T.task`` (what to run, and the process once started),
+``T.out`` (output so far, at most MAX_TASK_OUTPUT bytes) and, once it ended, ``T.result``.
+A result survives agent restarts and is sent again on every connection until acknowledged;
+a ``T.task`` without a result after a restart is a task the agent lost while it ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from agent.state import write_private
+from proto.commands import is_task_id
+
+
+class Spool:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+
+    def _path(self, task_id: str, suffix: str) -> Path:
+        if not is_task_id(task_id):  # never a path from the wire without this check
+            raise ValueError(f"malformed task id {task_id[:80]!r}")
+        return self.directory / f"{task_id}.{suffix}"
+
+    def knows(self, task_id: str) -> bool:
+        return self._path(task_id, "task").exists() or self._path(task_id, "result").exists()
+
+    def begin(self, task_id: str, spec: dict[str, Any]) -> None:
+        write_private(self._path(task_id, "task"), json.dumps(spec).encode())
+
+    def update(self, task_id: str, **values: Any) -> None:
+        spec = self.spec(task_id) or {}
+        spec.update(values)
+        write_private(self._path(task_id, "task"), json.dumps(spec).encode())
+
+    def spec(self, task_id: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._path(task_id, "task").read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def output_path(self, task_id: str) -> Path:
+        return self._path(task_id, "out")
+
+    def output_size(self, task_id: str) -> int:
+        try:
+            return self.output_path(task_id).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def read_output(self, task_id: str, offset: int, length: int) -> bytes:
+        try:
+            with open(self.output_path(task_id), "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+        except FileNotFoundError:
+            return b""
+
+    def finish(self, task_id: str, result: dict[str, Any]) -> None:
+        out = self.output_path(task_id)
+        if out.exists():
+            with open(out, "rb") as f:
+                os.fsync(f.fileno())
+        write_private(self._path(task_id, "result"), json.dumps(result).encode())
+
+    def result(self, task_id: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._path(task_id, "result").read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def results(self) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for path in sorted(self.directory.glob("*.result")):
+            task_id = path.name[:-len(".result")]
+            if is_task_id(task_id) and (result := self.result(task_id)) is not None:
+                out.append((task_id, result))
+        return out
+
+    def unfinished(self) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for path in sorted(self.directory.glob("*.task")):
+            task_id = path.name[:-len(".task")]
+            if is_task_id(task_id) and not self._path(task_id, "result").exists():
+                out.append((task_id, self.spec(task_id) or {}))
+        return out
+
+    def forget(self, task_id: str) -> None:
+        for suffix in ("result", "out", "task"):
+            with contextlib.suppress(FileNotFoundError):
+                self._path(task_id, suffix).unlink()

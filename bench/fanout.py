@@ -1,0 +1,204 @@
+"""Fan-out benchmark: RunCommand on N connected agents, time until every result is stored.
+
+Starts a throwaway porthole-server, registers up to max(N) agents, and runs them with the
+agent's real connection and command code (agent.connection.Agent + agent.commands.
+CommandRunner), many per process, each dialling from its own 127.0.0.x source address so that
+ephemeral ports never run out. For each N it calls RunCommand (``echo``) on all N instances
+and polls DescribeInvocations until every instance's result is stored; it prints the median,
+minimum and maximum of several runs.
+
+Run as root or not: ``.venv/bin/python bench/fanout.py [--sizes 10,100,1000] [--runs 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextvars
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SOURCE_ADDRESSES = 50
+"""Agents are spread over 127.0.0.2 … 127.0.0.51 as their source address."""
+PER_PROCESS = 250
+
+
+# --- worker: many agents in one process ----------------------------------------------------
+
+
+def _answer_at_once(agent) -> None:  # type: ignore[no-untyped-def]
+    """--no-exec: reply to each task without starting a process (measures the server, the
+    wire and storage without 1,000 process spawns sharing two cores)."""
+    from proto.commands import TaskResult, TaskResultAck, TaskRun
+
+    def run(m: TaskRun) -> None:
+        now = time.time()
+        agent.send(TaskResult(m.task_id, "Success", 0, "", "", b"ok\n", 3, 0, now, now))
+
+    agent.handlers[TaskRun] = run
+    agent.handlers[TaskResultAck] = lambda m: None
+
+
+def worker(list_file: Path, offset: int, no_exec: bool) -> None:
+    import agent.connection as connection
+    from agent.commands import CommandRunner
+    from agent.config import AgentConfig
+    from agent.state import AgentState
+
+    source: contextvars.ContextVar[str] = contextvars.ContextVar("source")
+    real_connect = connection.connect
+
+    def connect_from(*args, **kwargs):  # type: ignore[no-untyped-def]
+        return real_connect(*args, local_addr=(source.get(), 0), **kwargs)
+
+    connection.connect = connect_from  # type: ignore[assignment]
+
+    if os.environ.get("FANOUT_LOG"):
+        import logging
+        logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("websockets").setLevel(logging.WARNING)
+
+    async def main() -> None:
+        dirs = [Path(p) for p in list_file.read_text().split()]
+        tasks = []
+        for i, d in enumerate(dirs):
+            agent = connection.Agent(AgentState.load(d), AgentConfig())
+            if no_exec:
+                _answer_at_once(agent)
+            else:
+                CommandRunner(agent)
+            source.set(f"127.0.0.{2 + (offset + i) % SOURCE_ADDRESSES}")
+            tasks.append(asyncio.create_task(agent.run_forever()))
+            if i % 10 == 9:
+                await asyncio.sleep(0.2)  # no thundering herd of TLS handshakes
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+
+
+# --- driver --------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--no-exec", action="store_true",
+                        help="agents answer without running a process")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.offset, args.no_exec)
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if os.environ.get("FANOUT_KEEP"):
+        run(Path(tempfile.mkdtemp(prefix="porthole-fanout-")), sizes, args.runs, args.no_exec)
+        return
+    with tempfile.TemporaryDirectory(prefix="porthole-fanout-") as tmp:
+        run(Path(tmp), sizes, args.runs, args.no_exec)
+
+
+def connected(server) -> int:  # type: ignore[no-untyped-def]
+    try:
+        return server.get_json("/healthz")["AgentsConnected"]
+    except OSError:  # busy with a crowd of TLS handshakes: ask again
+        return -1
+
+
+def run(root: Path, sizes: list[int], runs: int, no_exec: bool) -> None:
+    from agent.register import register
+    from cli.client import Client
+    from cli.config import Profile
+    from tests.harness import BIN, Server, wait_for
+
+    class BenchServer(Server):
+        def start(self) -> Server:  # as Server.start, with the server's log level settable
+            log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+            self.proc = subprocess.Popen(
+                [str(BIN / "porthole-server"), "run", "--data-dir", str(self.data_dir),
+                 "--log-level", os.environ.get("FANOUT_SERVER_LOG", "INFO")],
+                stdout=log, stderr=subprocess.STDOUT)
+            wait_for(self.healthy, 20, "server health")
+            return self
+
+    server = BenchServer(root, heartbeat_interval=30.0, agent_offline_after=120.0).start()
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        c = Client(Profile(server=server.url, ca_file=str(server.ca_file),
+                           access_key_id=server.admin["AccessKeyId"],
+                           access_key_secret=server.admin["AccessKeySecret"]), timeout=120)
+        total = max(sizes)
+        act = c.call("CreateActivation", Region="local", InstanceCount=total)
+        t0 = time.perf_counter()
+
+        def reg(i: int) -> tuple[Path, str]:
+            d = root / "agents" / f"a{i:04d}"
+            return d, register(server.url, server.ca_file, act["ActivationId"],
+                               act["ActivationCode"], "local", d)
+
+        with ThreadPoolExecutor(4) as pool:
+            agents = list(pool.map(reg, range(total)))
+        print(f"registered {total} agents in {time.perf_counter() - t0:.1f} s", flush=True)
+        rows = []
+        for n in sizes:
+            for w in workers:
+                w.terminate()
+                w.wait()
+            workers.clear()
+            wait_for(lambda: connected(server) == 0, 120, "agents gone")
+            for start in range(0, n, PER_PROCESS):
+                part = agents[start:start + PER_PROCESS][: n - start]
+                listing = root / f"workers-{n}-{start}.txt"
+                listing.write_text("\n".join(str(d) for d, _ in part))
+                log = open(root / f"worker-{n}-{start}.log", "wb")  # noqa: SIM115
+                workers.append(subprocess.Popen(
+                    [sys.executable, __file__, "--worker", str(listing), "--offset",
+                     str(start), *(["--no-exec"] if no_exec else [])],
+                    stdout=log, stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONPATH": str(REPO)}))
+            t0 = time.perf_counter()
+            wait_for(lambda n=n: connected(server) >= n, 600, f"{n} agents connected")
+            print(f"N={n}: all connected in {time.perf_counter() - t0:.1f} s", flush=True)
+            ids = [iid for _, iid in agents[:n]]
+            times = []
+            for _ in range(runs):
+                start_t = time.perf_counter()
+                invoke_id = c.call("RunCommand", InstanceIds=ids, CommandContent="echo ok",
+                                   Timeout=120)["InvokeId"]
+                while True:
+                    inv = c.call("DescribeInvocations", InvokeId=invoke_id)["Invocations"][0]
+                    if inv["InvocationStatus"] not in ("Pending", "Running"):
+                        break
+                    time.sleep(0.02 if n <= 100 else 0.1)
+                elapsed = time.perf_counter() - start_t
+                ok = inv["StatusCounts"].get("Success", 0)
+                if ok != n:
+                    print(f"N={n}: only {ok} succeeded: {json.dumps(inv['StatusCounts'])}")
+                times.append(elapsed)
+            rows.append((n, statistics.median(times), min(times), max(times)))
+            print(f"N={n}: median {statistics.median(times):.3f} s "
+                  f"(min {min(times):.3f}, max {max(times):.3f}, {runs} runs)", flush=True)
+        print("\n| agents | median | min | max |\n|---:|---:|---:|---:|")
+        for n, med, lo, hi in rows:
+            print(f"| {n} | {med:.3f} s | {lo:.3f} s | {hi:.3f} s |")
+    finally:
+        for w in workers:
+            w.terminate()
+            w.wait()
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@ whose firewall drops every inbound connection and lets out only connections to t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -284,3 +285,29 @@ def _partial_upload(fleet, remote: str) -> int:
                           f"stat -c %s {directory}/.{name}.*.porthole 2>/dev/null || echo 0"],
                          capture_output=True, text=True).stdout.split()
     return int(out[0]) if out else 0
+
+
+def test_policy_port_number_condition_gates_forwarding(fleet, tmp_path):
+    """A user allowed StartTerminalSession only for sshd's port reaches it and nothing else."""
+    srv = fleet.server
+    name = f"fwd{os.getpid() % 10000}"
+    srv.cli("iam", "user", "create", name)
+    key = srv.cli_json("iam", "access-key", "create", "--user", name)
+    doc = tmp_path / "ssh-only.json"
+    doc.write_text(json.dumps({"Version": "1", "Statement": [{
+        "Effect": "Allow", "Action": "ecs:StartTerminalSession", "Resource": "*",
+        "Condition": {"NumericEquals": {"ecs:PortNumber": [fleet.sshd.port]}}}]}))
+    srv.cli("iam", "policy", "create", f"{name}-ssh", "--document", str(doc))
+    srv.cli("iam", "policy", "attach", f"{name}-ssh", "--user", name)
+    env = {"PORTHOLE_ACCESS_KEY_ID": key["AccessKeyId"],
+           "PORTHOLE_ACCESS_KEY_SECRET": key["AccessKeySecret"]}
+    refused = srv.cli("forward", fleet.agent.instance_id, "--remote-port",
+                      str(fleet.web_port), check=False, **env)
+    assert refused.returncode == 1 and "ecs:StartTerminalSession" in refused.stderr
+    assert f"instance/{fleet.agent.instance_id}" in refused.stderr
+    shell = srv.cli("session", fleet.agent.instance_id, "--command", "id", check=False, **env)
+    assert shell.returncode == 1 and "ecs:StartTerminalSession" in shell.stderr
+    out = subprocess.run(["ssh", *fleet.ssh_args(), f"root@{fleet.agent.instance_id}",
+                          "echo port-allowed"], capture_output=True, text=True, timeout=60,
+                         env=srv.env(**env))
+    assert out.returncode == 0 and out.stdout == "port-allowed\n", out.stderr

@@ -83,6 +83,8 @@ def test_job_control_ctrl_c_ctrl_z_and_arrow_keys(server, make_agent):
     child.sendline("")
     child.expect("one-two")
     child.sendline("exit")
+    if child.expect([pexpect.EOF, "There are stopped jobs"], timeout=30) == 1:
+        child.sendline("exit")  # bash's second exit leaves whatever job it still tracks
     assert finish(child) == 0
 
 

@@ -22,8 +22,6 @@ MAX_FRAME_SIZE = 256 * 1024
 """Hard upper bound of one encoded frame, checked before and after decoding."""
 MAX_CHUNK = 32 * 1024
 """Largest payload of one ChannelData frame."""
-MAX_RESULT_OUTPUT = 64 * 1024
-"""Output bytes a CommandResult carries; the rest is counted in ``dropped``."""
 
 _REGISTRY: dict[str, type[Message]] = {}
 
@@ -181,44 +179,6 @@ class TerminalResize(Message):
     channel: int
     cols: int
     rows: int
-
-
-# --- commands ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CommandRun(Message):
-    """Server -> agent: run a script as ``username`` and report a CommandResult."""
-
-    TYPE: ClassVar[str] = "cmd_run"
-    invocation_id: str
-    script: str
-    username: str = "root"
-    timeout: int = 60
-    working_dir: str = ""
-    command_type: str = "RunShellScript"
-
-
-@dataclass(frozen=True)
-class CommandResult(Message):
-    TYPE: ClassVar[str] = "cmd_result"
-    invocation_id: str
-    status: str
-    exit_code: int | None
-    error_code: str
-    error_info: str
-    output: bytes
-    dropped: int
-    started_at: float
-    finished_at: float
-
-
-@dataclass(frozen=True)
-class CommandResultAck(Message):
-    """Server -> agent: result stored; the agent may forget it."""
-
-    TYPE: ClassVar[str] = "cmd_result_ack"
-    invocation_id: str
 
 
 def message_types() -> tuple[type[Message], ...]:

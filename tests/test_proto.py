@@ -16,7 +16,6 @@ from proto.messages import (
     MAX_FRAME_SIZE,
     ChannelAck,
     ChannelData,
-    CommandResult,
     Heartbeat,
     Hello,
     decode,
@@ -73,8 +72,8 @@ def test_roundtrip_every_message_type(cls, data):
 def test_every_family_is_present():
     names = {c.TYPE for c in message_types()}
     assert {"hello", "challenge", "auth", "welcome", "error", "hb", "hb_ack", "ch_open",
-            "ch_accept", "ch_data", "ch_ack", "ch_close", "cmd_run", "cmd_result",
-            "cmd_result_ack"} <= names
+            "ch_accept", "ch_data", "ch_ack", "ch_close", "task_run", "task_result",
+            "task_ack"} <= names
 
 
 @settings(max_examples=2000, deadline=None)
@@ -115,7 +114,7 @@ def test_missing_field_and_unknown_type_are_refused():
 
 
 def test_frame_size_limit_on_both_sides():
-    big = CommandResult("t-00", "Success", 0, "", "", b"x" * MAX_FRAME_SIZE, 0, 0.0, 0.0)
+    big = ChannelData(1, 1, b"x" * MAX_FRAME_SIZE)
     with pytest.raises(ProtocolError) as info:
         encode(big)
     assert info.value.code == "FrameTooLarge"

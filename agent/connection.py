@@ -82,6 +82,9 @@ class Agent:
         self.state = state
         self.config = config or AgentConfig()
         self.channels: dict[int, AgentChannel] = {}
+        # Frames for channels whose start() has not finished yet, replayed once it has.
+        self._starting: dict[int, list[Message]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
         self.url = gateway_url(state.server)
         self.ssl = state.ssl_context()
@@ -214,20 +217,25 @@ class Agent:
             await asyncio.sleep(interval)
 
     async def _open_channel(self, message: ChannelOpen) -> None:
-        if message.channel in self.channels:
-            return  # a redelivered open
         kind = CHANNEL_KINDS.get(message.kind)
         if kind is None:
+            self._starting.pop(message.channel, None)
             self.send(ChannelClose(message.channel, f"unsupported channel kind {message.kind!r}"))
             return
         channel = kind(message, self.config, self.send, self._channel_done)
         self.channels[message.channel] = channel
         try:
             await channel.start()
-        except ChannelRefused as exc:
-            log.warning("channel %d refused: %s", message.channel, exc)
+        except Exception as exc:
+            reason = f"{exc} ({exc.code})" if isinstance(exc, ChannelRefused) else \
+                f"the agent could not start the channel: {exc}"
+            log.warning("channel %d refused: %s", message.channel, reason)
+            self._starting.pop(message.channel, None)
             self.channels.pop(message.channel, None)
-            self.send(ChannelClose(message.channel, f"{exc} ({exc.code})"))
+            self.send(ChannelClose(message.channel, reason))
+            return
+        for early in self._starting.pop(message.channel, []):
+            channel.handle(early)
 
     def _channel_done(self, channel_id: int) -> None:
         self.channels.pop(channel_id, None)
@@ -236,12 +244,19 @@ class Agent:
         if isinstance(message, ChannelData | ChannelAck | ChannelResume | ChannelClose
                       | TerminalResize):
             channel = self.channels.get(message.channel)
-            if channel is not None:
+            if message.channel in self._starting:
+                self._starting[message.channel].append(message)
+            elif channel is not None:
                 channel.handle(message)
             elif not isinstance(message, ChannelClose):
                 self.send(ChannelClose(message.channel, "no such channel on this agent"))
         elif isinstance(message, ChannelOpen):
-            asyncio.create_task(self._open_channel(message))
+            # A redelivered open is ignored.
+            if message.channel not in self.channels and message.channel not in self._starting:
+                self._starting[message.channel] = []
+                task = asyncio.create_task(self._open_channel(message))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         elif type(message) in self.handlers:
             self.handlers[type(message)](message)
         elif isinstance(message, HeartbeatAck):

@@ -186,6 +186,7 @@ class CommandService:
         self._boots: dict[str, str] = {}
         """Last boot id seen per instance (the database has the same)."""
         self._flusher: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         gateway.handlers[TaskResult] = self._on_result
         gateway.handlers[TaskOutput] = self._on_output
         gateway.handlers[AgentBoot] = self._on_boot
@@ -197,6 +198,8 @@ class CommandService:
 
     async def stop(self) -> None:
         await self.dispatcher.stop()
+        if self._background:  # audit entries still being written
+            await asyncio.wait(self._background, timeout=5)
 
     # --- creating invocations --------------------------------------------------------------
 
@@ -408,6 +411,8 @@ class CommandService:
                              link.instance_id)
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await link.send(TaskResultAck(r.task_id))
+            self._audit_ends([(key, r) for (_, key, r), fresh in zip(batch, stored, strict=True)
+                              if fresh])
             log.log(logging.INFO if len(batch) >= 100 else logging.DEBUG,
                     "stored %d results in %.3f s", len(batch), time.perf_counter() - t0)
             self.dispatcher.wake()
@@ -417,7 +422,36 @@ class CommandService:
         if not stored:
             log.info("result of %s from %s was already stored", r.task_id, link.instance_id)
         await link.send(TaskResultAck(r.task_id))
+        if stored:
+            self._audit_ends([(key, r)])
         self.dispatcher.wake()
+
+    def _audit_ends(self, ended: list[tuple[TaskKey, TaskResult]]) -> None:
+        """Audit each instance's end of an invocation, after the acks: the trail is written
+        in the background so that storing results stays one commit."""
+        if ended:
+            task = asyncio.create_task(self._write_ends(ended))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _write_ends(self, ended: list[tuple[TaskKey, TaskResult]]) -> None:
+        invocations: dict[str, dict[str, Any] | None] = {}
+        entries = []
+        for (invocation_id, instance_id, repeat), r in ended:
+            if invocation_id not in invocations:
+                invocations[invocation_id] = await self.repo.invocation(invocation_id)
+            inv = invocations[invocation_id] or {}
+            entries.append({
+                "principal": f"user/{inv.get('created_by', '')}", "action": "InvocationEnd",
+                "resource": self.gateway.instance_arn(inv.get("region", ""), instance_id),
+                "outcome": r.status if r.status in FINAL_STATUSES else "Error",
+                "detail": json.dumps({"InvokeId": invocation_id, "Repeat": repeat,
+                                      "ExitCode": r.exit_code, "ErrorCode": r.error_code[:64]}),
+            })
+        try:
+            await self.repo.audit_many(entries)
+        except Exception:
+            log.exception("could not audit the end of %d tasks", len(entries))
 
     # --- reading ---------------------------------------------------------------------------
 

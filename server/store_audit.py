@@ -55,10 +55,19 @@ class AuditStore(StoreBase):
     """The last entry this process wrote (sequence number, hash)."""
 
     async def audit(self, **fields: Any) -> None:
-        entry = {f: fields.get(f) or "" for f in _FIELDS}
-        entry["at"] = float(fields.get("at") or time.time())
-        for name, limit in _LIMITS.items():
-            entry[name] = str(entry[name])[:limit]
+        await self.audit_many([fields])
+
+    async def audit_many(self, items: list[dict[str, Any]]) -> None:
+        """Append entries in order, in one transaction."""
+        entries = []
+        for fields in items:
+            entry = {f: fields.get(f) or "" for f in _FIELDS}
+            entry["at"] = float(fields.get("at") or time.time())
+            for name, limit in _LIMITS.items():
+                entry[name] = str(entry[name])[:limit]
+            entries.append(entry)
+        if not entries:
+            return
         mac = repo_keyring(self).mac
         if self._audit_lock is None:
             self._audit_lock = asyncio.Lock()
@@ -69,11 +78,16 @@ class AuditStore(StoreBase):
                         last = (await conn.execute(
                             sa.select(audit_log.c.seq, audit_log.c.hash)
                             .order_by(audit_log.c.seq.desc()).limit(1))).first()
-                        seq, prev = (last.seq + 1, last.hash) if last else (1, GENESIS)
-                        digest = entry_hash(mac, seq, prev, entry)
-                        await conn.execute(audit_log.insert().values(
-                            seq=seq, prev_hash=prev, hash=digest, **entry))
-                    self.audit_written = (seq, digest)
+                        seq, prev = (last.seq, last.hash) if last else (0, GENESIS)
+                        rows = []
+                        for entry in entries:
+                            seq += 1
+                            digest = entry_hash(mac, seq, prev, entry)
+                            rows.append({"seq": seq, "prev_hash": prev, "hash": digest,
+                                         **entry})
+                            prev = digest
+                        await conn.execute(audit_log.insert(), rows)
+                    self.audit_written = (seq, prev)
                     return
                 except sa.exc.IntegrityError:
                     await asyncio.sleep(0.01)

@@ -179,6 +179,26 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def test_each_instance_end_is_audited_and_the_chain_holds(srv, agents):
+    ids = [a.instance_id for a in agents]
+    reply = srv.cli_json("run", *ids, "--no-wait", "--script", 'test "$(hostname)" && exit 3')
+    invoke_id = reply["InvokeId"]
+    settled(srv, invoke_id)
+
+    def ends() -> list[dict]:
+        events = srv.cli_json("audit", "list", "--action", "InvocationEnd", "--limit", "500")
+        return [e for e in events["Events"] if json.loads(e["Detail"])["InvokeId"] == invoke_id]
+
+    events = wait_for(lambda: len(found := ends()) == 2 and found, 10, "two InvocationEnd")
+    assert sorted(e["Resource"].rsplit("/", 1)[1] for e in events) == sorted(ids)
+    for event in events:
+        assert event["Principal"] == "user/admin" and event["Outcome"] == "Failed"
+        assert json.loads(event["Detail"])["ExitCode"] == 3
+    starts = srv.cli_json("audit", "list", "--action", "ecs:RunCommand")["Events"]
+    assert any(e["Outcome"] == "Allowed" for e in starts)
+    assert srv.cli("audit", "verify").returncode == 0
+
+
 def test_stop_ends_the_whole_tree_on_every_instance(srv, agents, tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()

@@ -86,7 +86,10 @@ class Agent:
         self._starting: dict[int, list[Message]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self.url = gateway_url(state.server)
+        self.urls = [gateway_url(server) for server in state.servers]
+        # Agents start at different replicas so that a fleet spreads over them.
+        self._url_index = int.from_bytes(state.instance_id.encode()[-4:], "big") % len(self.urls)
+        self.url = self.urls[self._url_index]
         self.ssl = state.ssl_context()
         self.handlers: dict[type[Message], Callable[[Any], None]] = {}
         """Message kinds served by a capability module (see agent.commands)."""
@@ -128,7 +131,10 @@ class Agent:
             if self.connected_at is not None:
                 attempt = 0  # the last attempt got through; start backing off afresh
                 self.connected_at = None
-            delay = backoff_delay(attempt)
+            # Fail over to the next server; back off further only after each full round.
+            self._url_index = (self._url_index + 1) % len(self.urls)
+            self.url = self.urls[self._url_index]
+            delay = backoff_delay(attempt // len(self.urls))
             attempt += 1
             log.info("reconnecting in %.1f s", delay)
             notify(f"STATUS=disconnected; reconnecting in {delay:.0f} s")

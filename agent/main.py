@@ -29,7 +29,9 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--server", required=True, help="Server URL, e.g. https://porthole.example:443")
+@click.option("--server", required=True,
+              help="Server URL, e.g. https://porthole.example:443; for several replicas, "
+                   "comma-separated URLs, tried in turn")
 @click.option("--ca-file", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="CA certificate of the server (pinned)")
 @click.option("--activation-id", required=True)

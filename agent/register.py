@@ -18,6 +18,7 @@ from agent.state import (
     new_key,
     pinned_context,
     public_bytes,
+    split_servers,
     write_private,
 )
 from agent.sysinfo import host_info
@@ -25,6 +26,10 @@ from agent.sysinfo import host_info
 
 class RegistrationError(Exception):
     """The server refused or could not be reached; str() is one line."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 def register(
@@ -36,6 +41,7 @@ def register(
             f"{state_dir} is already registered; use another --state-dir or remove "
             f"{state_dir / RECORD_FILE} to register again"
         )
+    servers = split_servers(server)
     ctx = pinned_context(ca_file)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key, pem = new_key()
@@ -50,14 +56,20 @@ def register(
         "OsName": info["os_name"],
         "AgentVersion": info["agent_version"],
     }
-    reply = _post(server.rstrip("/") + "/agent/v1/register", body, ctx)
+    for n, url in enumerate(servers):  # any replica can register; try each in turn
+        try:
+            reply = _post(url + "/agent/v1/register", body, ctx)
+            break
+        except RegistrationError as exc:
+            if not exc.unreachable or n == len(servers) - 1:
+                raise
     instance_id = reply.get("InstanceId")
     if not isinstance(instance_id, str):
         raise RegistrationError("server reply has no InstanceId")
     write_private(state_dir / KEY_FILE, pem)
     if ca_file.resolve() != (state_dir / CA_FILE).resolve():
         shutil.copyfile(ca_file, state_dir / CA_FILE)
-    record = {"InstanceId": instance_id, "Server": server.rstrip("/"), "Region": region}
+    record = {"InstanceId": instance_id, "Server": ",".join(servers), "Region": region}
     write_private(state_dir / RECORD_FILE, json.dumps(record, indent=2).encode())
     return instance_id
 
@@ -78,6 +90,6 @@ def _post(url: str, body: dict[str, str], ctx: ssl.SSLContext) -> dict[str, obje
             message = f"HTTP {exc.code}"
         raise RegistrationError(f"registration refused: {message}") from None
     except urllib.error.URLError as exc:
-        raise RegistrationError(f"cannot reach {url}: {exc.reason}") from None
+        raise RegistrationError(f"cannot reach {url}: {exc.reason}", True) from None
     except (OSError, ValueError) as exc:
-        raise RegistrationError(f"cannot reach {url}: {exc}") from None
+        raise RegistrationError(f"cannot reach {url}: {exc}", True) from None

@@ -45,6 +45,11 @@ class AgentState:
     key: Ed25519PrivateKey
 
     @property
+    def servers(self) -> list[str]:
+        """The server URLs, in order (``server`` may list several, separated by commas)."""
+        return split_servers(self.server)
+
+    @property
     def ca_file(self) -> Path:
         return self.directory / CA_FILE
 
@@ -66,6 +71,13 @@ class AgentState:
         if not isinstance(key, Ed25519PrivateKey):
             raise StateError(f"{directory / KEY_FILE} is not an Ed25519 key")
         return cls(directory, record["InstanceId"], record["Server"], record["Region"], key)
+
+
+def split_servers(value: str) -> list[str]:
+    servers = [s.strip().rstrip("/") for s in value.split(",") if s.strip()]
+    if not servers:
+        raise StateError("no server URL given")
+    return servers
 
 
 def pinned_context(ca_file: Path) -> ssl.SSLContext:

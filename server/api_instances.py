@@ -63,8 +63,14 @@ async def describe_activations(ctx: Context, p: dict[str, Any]) -> dict[str, Any
 
 
 def _instance_view(ctx: Context, row: dict[str, Any]) -> dict[str, Any]:
-    online = ctx.services.gateway.link(row["id"]) is not None
-    return {
+    gateway = ctx.services.gateway
+    online = gateway.link(row["id"]) is not None
+    extra: dict[str, Any] = {}
+    if gateway.bus is not None:  # replicas: the database knows who holds the agent
+        online = online or bool(row["connected"] and row["replica"]
+                                and not gateway.bus.dead_replicas({row["replica"]}))
+        extra["Replica"] = row["replica"] if online else ""
+    return {**extra,
         "InstanceId": row["id"],
         "Hostname": row["hostname"],
         "Region": row["region"],

@@ -20,6 +20,7 @@ from server import __version__
 from server.api import dispatch, error_response, openapi_document
 from server.auth import authenticate
 from server.authz import authorize
+from server.bus import Bus, BusError
 from server.commands import CommandService
 from server.config import ServerConfig
 from server.errors import ApiError
@@ -133,13 +134,21 @@ async def open_services(config: ServerConfig) -> Services:
     await install_keyring(config.data_dir, repo)
     await repo.ensure_regions(config.regions)
     gateway = Gateway(config, repo)
+    if config.nats_url:
+        bus = Bus(config.nats_url, config.nats_subject_prefix, config.replica)
+        try:
+            await bus.start()
+        except BusError:
+            await repo.close()
+            raise
+        gateway.attach_bus(bus)
     return Services(config, repo, gateway, CommandService(repo, gateway),
                     SessionManager(config, repo, gateway))
 
 
 async def serve(config: ServerConfig) -> None:
     services = await open_services(config)
-    await services.repo.reset_connections()
+    await services.repo.reset_connections(config.replica)
     services.gateway.start()
     services.commands.start()
     await services.sessions.start()
@@ -171,4 +180,6 @@ async def serve(config: ServerConfig) -> None:
     await services.commands.stop()
     await services.gateway.close_all()
     await runner.cleanup()
+    if services.gateway.bus is not None:
+        await services.gateway.bus.stop()
     await services.repo.close()

@@ -180,7 +180,9 @@ class CommandService:
         self.repo = repo
         self.gateway = gateway
         self.dispatcher = Dispatcher(repo, lambda iid: gateway.link(iid) is not None,
-                                     self._deliver)
+                                     self._deliver, self._elsewhere)
+        if gateway.bus is not None:
+            gateway.bus.on_wake = self.dispatcher.wake
         self._receiving: dict[tuple[str, str], _Receiving] = {}
         self._batch: list[tuple[AgentLink, TaskKey, TaskResult]] = []
         self._boots: dict[str, str] = {}
@@ -230,7 +232,7 @@ class CommandService:
              "max_concurrency": max_concurrency, "max_errors": max_errors,
              "delivery_timeout": delivery_timeout, "created_by": created_by},
             [(iid, boots.get(iid, "")) for iid in instance_ids], tasks)
-        self.dispatcher.wake()
+        await self._wake_all()
         return invocation_id
 
     def task_message(self, inv: Mapping[str, Any], instance_id: str, repeat: int) -> Message:
@@ -250,8 +252,23 @@ class CommandService:
         await asyncio.gather(*(self._send(k[1], self.task_message(inv, k[1], k[2]))
                                for k in keys))
 
+    async def _elsewhere(self, instance_ids: list[str]) -> set[str]:
+        bus = self.gateway.bus
+        if bus is None or not instance_ids:
+            return set()
+        held = await self.repo.instance_replicas(instance_ids)
+        dead = bus.dead_replicas(set(held.values()))
+        return {iid for iid, replica in held.items()
+                if replica not in dead and replica != self.gateway.replica}
+
+    async def _wake_all(self) -> None:
+        """Other replicas deliver to the agents they hold: tell them there is work."""
+        self.dispatcher.wake()
+        if self.gateway.bus is not None:
+            await self.gateway.bus.wake()
+
     async def _send(self, instance_id: str, message: Message) -> None:
-        link = self.gateway.link(instance_id)
+        link = await self.gateway.route(instance_id)
         if link is None:
             return  # sent again when the agent reconnects (see _on_connect)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,16 @@ class ServerConfig:
     record_input: bool = False
     tls_cert: str = "server.pem"
     tls_key: str = "server-key.pem"
+    nats_url: str = ""  # empty: one server; set: a replica reaching the others over NATS
+    nats_subject_prefix: str = "porthole"
+    replica_id: str = ""  # default: HOSTNAME-PORT
+
+    @property
+    def replica(self) -> str:
+        if self.replica_id:
+            return self.replica_id
+        port = self.listen_address()[1]
+        return re.sub(r"[^A-Za-z0-9_-]", "-", f"{socket.gethostname()}-{port}")[:64]
 
     @property
     def config_path(self) -> Path:
@@ -86,3 +97,8 @@ class ServerConfig:
         if self.session_resume_timeout <= 0:
             raise ConfigError("session_resume_timeout must be positive")
         self.listen_address()
+        if self.replica_id and not re.match(r"^[A-Za-z0-9_-]{1,64}$", self.replica_id):
+            raise ConfigError(f"replica_id {self.replica_id!r} may hold only letters, digits, "
+                              "'-' and '_' (at most 64)")
+        if self.nats_url and not re.match(r"^(nats|tls)://", self.nats_url):
+            raise ConfigError(f"nats_url {self.nats_url!r} must start with nats:// or tls://")

@@ -32,6 +32,7 @@ from proto.messages import (
     decode,
     encode,
 )
+from server.bus import Bus
 from server.config import ServerConfig
 from server.errors import ApiError
 from server.metrics import AUTH_FAILURES, FRAME_ERRORS
@@ -40,6 +41,7 @@ from server.storage import ActivationError, Repository
 log = logging.getLogger("porthole.gateway")
 
 HANDSHAKE_TIMEOUT = 10.0
+ROUTE_CACHE_SECONDS = 2.0
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY = 1008
 
@@ -63,6 +65,24 @@ class AgentLink:
             await self.ws.send_bytes(frame)
 
 
+class RemoteLink:
+    """An agent held by another replica: frames go there over the bus."""
+
+    def __init__(self, instance_id: str, region: str, replica: str, bus: Bus) -> None:
+        self.instance_id = instance_id
+        self.region = region
+        self.replica = replica
+        self.bus = bus
+
+    async def send(self, message: Message) -> None:
+        await self.send_raw(encode(message))
+
+    async def send_raw(self, frame: bytes) -> None:
+        await self.bus.to_agent(self.replica, self.instance_id, frame)
+
+
+Link = AgentLink | RemoteLink
+
 MessageHandler = Callable[[AgentLink, Any, bytes], Awaitable[None]]
 """Handles one kind of agent message: (the agent's link, the message, its raw frame)."""
 DisconnectHandler = Callable[[str], Awaitable[None]]
@@ -78,6 +98,47 @@ class Gateway:
         self.connect_handlers: list[Callable[[AgentLink], Awaitable[None]]] = []
         """Called after an agent authenticated (e.g. to deliver what waited for it)."""
         self._sweeper: asyncio.Task[None] | None = None
+        self.replica = config.replica
+        self.bus: Bus | None = None
+        """Set when this server is one of several replicas (see server.bus)."""
+        self._remote: dict[str, tuple[RemoteLink | None, float]] = {}
+        """Recent answers of route() for agents not held here, with when they expire."""
+
+    def attach_bus(self, bus: Bus) -> None:
+        self.bus = bus
+        bus.on_down = self._from_bus
+
+    def forget_route(self, instance_id: str) -> None:
+        self._remote.pop(instance_id, None)
+
+    async def _from_bus(self, instance_id: str, frame: bytes) -> None:
+        """A frame another replica sent to one of our agents (dropped if it left us: the
+        channel's resume replays it)."""
+        link = self.links.get(instance_id)
+        if link is not None:
+            try:
+                await link.send_raw(frame)
+            except (ConnectionError, RuntimeError):
+                pass
+
+    async def route(self, instance_id: str) -> Link | None:
+        """The way to an agent: its connection here, or the replica that holds it."""
+        link = self.links.get(instance_id)
+        if link is not None or self.bus is None:
+            return link
+        now = time.monotonic()
+        cached = self._remote.get(instance_id)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        row = await self.repo.instance(instance_id)
+        remote = None
+        if row is not None and row["connected"] and row["replica"] \
+                and row["replica"] != self.replica and not self.bus.dead_replicas({row["replica"]}):
+            remote = RemoteLink(instance_id, row["region"], row["replica"], self.bus)
+        if len(self._remote) > 100_000:
+            self._remote.clear()
+        self._remote[instance_id] = (remote, now + ROUTE_CACHE_SECONDS)
+        return remote
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep())
@@ -86,6 +147,12 @@ class Gateway:
         """Drop agents whose heartbeats stopped, even if their TCP connection looks alive."""
         while True:
             await asyncio.sleep(self.config.heartbeat_interval)
+            if self.bus is not None:
+                dead = self.bus.dead_replicas(await self.repo.connected_replicas())
+                if dead:
+                    log.warning("replica(s) %s stopped announcing themselves; their agents "
+                                "are offline until they dial in again", ", ".join(sorted(dead)))
+                    await self.repo.disconnect_replicas(dead)
             cutoff = time.time() - self.config.agent_offline_after
             for link in list(self.links.values()):
                 if link.last_heartbeat < cutoff:
@@ -164,7 +231,9 @@ class Gateway:
         finally:
             if link is not None and self.links.get(link.instance_id) is link:
                 del self.links[link.instance_id]
-                await self.repo.mark_disconnected(link.instance_id)
+                await self.repo.mark_disconnected(link.instance_id, self.replica)
+                if self.bus is not None:
+                    await self.bus.gone(link.instance_id)
                 for on_disconnect in self.disconnect_handlers:
                     await on_disconnect(link.instance_id)
                 log.info("agent %s disconnected", link.instance_id)
@@ -223,7 +292,7 @@ class Gateway:
         await self.repo.mark_connected(link.instance_id, {
             "hostname": hello.hostname[:256], "platform": hello.platform[:64],
             "os_name": hello.os_name[:256], "agent_version": hello.agent_version[:64],
-        })
+        }, self.replica)
         await link.send(Welcome(self.config.heartbeat_interval, time.time()))
         log.info("agent %s connected from %s (protocol %d)", link.instance_id, peer, version)
         for on_connect in self.connect_handlers:

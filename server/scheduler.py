@@ -133,6 +133,12 @@ def parse_limit(text: str, total: int, name: str, none: int) -> int:
 
 
 Deliver = Callable[[dict[str, Any], list[TaskKey]], Awaitable[None]]
+Elsewhere = Callable[[list[str]], Awaitable[set[str]]]
+"""Of these instances, those connected to another replica (which delivers their tasks)."""
+
+
+async def _nowhere(_ids: list[str]) -> set[str]:
+    return set()
 
 
 class Dispatcher:
@@ -140,9 +146,10 @@ class Dispatcher:
     and starts scheduled runs."""
 
     def __init__(self, repo: Repository, online: Callable[[str], bool],
-                 deliver: Deliver) -> None:
+                 deliver: Deliver, elsewhere: Elsewhere = _nowhere) -> None:
         self.repo = repo
         self.online = online
+        self.elsewhere = elsewhere
         self.deliver = deliver
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -230,10 +237,13 @@ class Dispatcher:
             send: list[TaskKey] = []
             late: list[TaskKey] = []
             offline_now: list[TaskKey] = []
+            remote = await self.elsewhere([k[1] for k in keys if not self.online(k[1])])
             for key, task in zip(keys, tasks, strict=True):
                 if self.online(key[1]):
                     if len(send) < budget:
                         send.append(key)
+                elif key[1] in remote:
+                    continue  # its replica sends it
                 elif inv["delivery_timeout"] <= 0:
                     offline_now.append(key)
                 elif now > task["created_at"] + inv["delivery_timeout"]:
@@ -261,7 +271,8 @@ class Dispatcher:
     async def _expire_overdue(self, now: float) -> None:
         overdue = [(t["invocation_id"], t["instance_id"], t["repeat"])
                    for t in await self.repo.overdue_running_tasks(now)]
-        lost = [k for k in overdue if not self.online(k[1])]
+        remote = await self.elsewhere([k[1] for k in overdue if not self.online(k[1])])
+        lost = [k for k in overdue if not self.online(k[1]) and k[1] not in remote]
         if lost:
             await self.repo.set_tasks(
                 lost, only_from=("Running", "Stopping"), status="Error",

@@ -38,7 +38,7 @@ from proto.messages import (
 )
 from server.config import ServerConfig
 from server.errors import ApiError
-from server.gateway import AgentLink, Gateway
+from server.gateway import AgentLink, Gateway, Link
 from server.metrics import FRAME_ERRORS, RELAYED_BYTES
 from server.recording import NullRecorder, Recorder
 from server.storage import Repository
@@ -86,13 +86,20 @@ class SessionManager:
         self.sessions: dict[str, Session] = {}
         self._by_channel: dict[tuple[str, int], Session] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._routes: dict[tuple[str, int], str] = {}
+        """(instance, channel) -> the replica homing that session, for our agents' frames."""
         for kind in CHANNEL_MESSAGES:
             gateway.handlers[kind] = self.from_agent
         gateway.disconnect_handlers.append(self.agent_down)
+        if gateway.bus is not None:
+            gateway.bus.on_up = self._from_bus
+            gateway.bus.on_gone = self.agent_down
 
     async def start(self) -> None:
         """Pick up sessions a previous run of this server left open."""
         for row in await self.repo.list_sessions(active=True):
+            if row["replica"] != (self.gateway.replica if self.gateway.bus else row["replica"]):
+                continue  # homed by another replica
             if row["status"] != "Active":
                 await self.repo.update_session(row["id"], status="Failed", ended_at=time.time(),
                                                end_reason="server restarted while connecting")
@@ -149,7 +156,7 @@ class SessionManager:
 
     # --- opening ------------------------------------------------------------------------
 
-    async def check_open(self, instance: dict[str, Any]) -> tuple[AgentLink, dict[str, Any]]:
+    async def check_open(self, instance: dict[str, Any]) -> tuple[Link, dict[str, Any]]:
         """Refuse a new session into a disabled region or to an agent that is away."""
         region = await self._region(instance["region"])
         if not region.get("session_manager_enabled", False):
@@ -158,7 +165,7 @@ class SessionManager:
                 f"Session Manager is disabled in region {instance['region']}; enable it with "
                 f"`porthole settings session-manager --region {instance['region']} --enable`",
             )
-        link = self.gateway.link(instance["id"])
+        link = await self.gateway.route(instance["id"])
         if link is None:
             raise ApiError(409, "InstanceNotConnected",
                            f"the agent of {instance['id']} is not connected; check "
@@ -184,7 +191,7 @@ class SessionManager:
             id=session_id, instance_id=instance["id"], region=instance["region"],
             channel=channel, owner=owner, run_as=run_as,
             command=str(params.get("command") or params.get("path") or ""), reason=reason,
-            source_ip=source_ip, status="Connecting", kind=kind,
+            source_ip=source_ip, status="Connecting", kind=kind, replica=self.gateway.replica,
             port_number=params.get("port"), remote_host=str(params.get("host") or ""),
             recording=session.recorder.name(self.config.data_dir),
         )
@@ -207,12 +214,49 @@ class SessionManager:
     # --- agent side ---------------------------------------------------------------------
 
     async def from_agent(self, link: AgentLink, message: Message, raw: bytes) -> None:
-        session = self._by_channel.get((link.instance_id, message.channel))  # type: ignore[attr-defined]
+        channel: int = message.channel  # type: ignore[attr-defined]
+        session = self._by_channel.get((link.instance_id, channel))
         if session is None:
-            if not isinstance(message, ChannelClose):
-                await link.send(ChannelClose(message.channel,  # type: ignore[attr-defined]
-                                             "no such session on the server"))
+            home = await self._home(link.instance_id, channel)
+            if home is not None and self.gateway.bus is not None:
+                with contextlib.suppress(ConnectionError):
+                    await self.gateway.bus.to_session(home, link.instance_id, raw)
+            elif not isinstance(message, ChannelClose):
+                await link.send(ChannelClose(channel, "no such session on the server"))
             return
+        await self._relay(session, message, raw)
+
+    async def _home(self, instance_id: str, channel: int) -> str | None:
+        """The replica homing the session of one of our agents' channels, if another."""
+        if self.gateway.bus is None:
+            return None
+        key = (instance_id, channel)
+        if key not in self._routes:
+            row = await self.repo.session_by_channel(instance_id, channel)
+            if row is None or row["replica"] == self.gateway.replica:
+                return None
+            if len(self._routes) > 100_000:
+                self._routes.clear()
+            self._routes[key] = row["replica"]
+        return self._routes[key]
+
+    async def _from_bus(self, instance_id: str, raw: bytes) -> None:
+        """A frame from an agent held by another replica, for a session homed here."""
+        try:
+            message = decode(raw)
+        except ProtocolError as exc:
+            log.warning("bus: undecodable frame from %s: %s", instance_id, exc)
+            return
+        if not isinstance(message, CHANNEL_MESSAGES):
+            return
+        session = self._by_channel.get((instance_id, message.channel))
+        if session is not None:
+            await self._relay(session, message, raw)
+        elif not isinstance(message, ChannelClose):
+            await self._to_instance(instance_id, encode(
+                ChannelClose(message.channel, "no such session on the server")))
+
+    async def _relay(self, session: Session, message: Message, raw: bytes) -> None:
         session.agent_gone_since = None
         if isinstance(message, ChannelAccept):
             if session.accepted is not None and not session.accepted.done():
@@ -257,13 +301,19 @@ class SessionManager:
             session.client_out.put_nowait(raw)  # bounded: the agent sends within its credit
 
     async def agent_down(self, instance_id: str) -> None:
+        self.gateway.forget_route(instance_id)
+        for key in [k for k in self._routes if k[0] == instance_id]:
+            del self._routes[key]
         now = time.time()
         for session in self.sessions.values():
             if session.instance_id == instance_id and session.agent_gone_since is None:
                 session.agent_gone_since = now
 
     async def _to_agent(self, session: Session, raw: bytes) -> None:
-        link = self.gateway.link(session.instance_id)
+        await self._to_instance(session.instance_id, raw)
+
+    async def _to_instance(self, instance_id: str, raw: bytes) -> None:
+        link = await self.gateway.route(instance_id)
         if link is not None:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await link.send_raw(raw)
@@ -358,6 +408,9 @@ class SessionManager:
             if now - session.terminate_sent_at > TERMINATE_GRACE:
                 await self._abandon(session, session.end_reason)
             return
+        if session.agent_gone_since is None and self.gateway.bus is not None \
+                and await self.gateway.route(session.instance_id) is None:
+            session.agent_gone_since = now  # held by no live replica
         if session.agent_gone_since is not None and now - session.agent_gone_since > grace:
             await self._abandon(session, f"the agent was unreachable for {grace:.0f} s")
         elif session.client_gone_since is not None and now - session.client_gone_since > grace:

@@ -38,6 +38,7 @@ sessions = sa.Table(
     sa.Column("kind", sa.String(16), nullable=False, default="shell"),
     sa.Column("port_number", sa.Integer),
     sa.Column("remote_host", sa.String(256), nullable=False, default=""),
+    sa.Column("replica", sa.String(64), nullable=False, server_default=""),
 )
 activations = sa.Table(
     "activations", metadata,
@@ -65,6 +66,7 @@ instances = sa.Table(
     sa.Column("last_heartbeat", sa.Float),
     sa.Column("connected", sa.Boolean, nullable=False, default=False),
     sa.Column("deregistered_at", sa.Float),
+    sa.Column("replica", sa.String(64), nullable=False, server_default=""),
 )
 
 
@@ -167,10 +169,11 @@ class FleetStore(StoreBase):
             stmt = stmt.where(instances.c.id.in_(list(ids)))
         return await self._all(stmt.order_by(instances.c.registered_at))
 
-    async def mark_connected(self, instance_id: str, info: dict[str, str]) -> None:
+    async def mark_connected(self, instance_id: str, info: dict[str, str],
+                             replica: str = "") -> None:
         async with self.engine.begin() as conn:
             await conn.execute(instances.update().where(instances.c.id == instance_id).values(
-                connected=True, last_heartbeat=time.time(), **info
+                connected=True, last_heartbeat=time.time(), replica=replica, **info
             ))
 
     async def mark_heartbeat(self, instance_id: str) -> None:
@@ -179,11 +182,11 @@ class FleetStore(StoreBase):
                 last_heartbeat=time.time()
             ))
 
-    async def mark_disconnected(self, instance_id: str) -> None:
+    async def mark_disconnected(self, instance_id: str, replica: str = "") -> None:
+        """The agent left ``replica`` (unless it has dialled another replica meanwhile)."""
         async with self.engine.begin() as conn:
-            await conn.execute(instances.update().where(instances.c.id == instance_id).values(
-                connected=False
-            ))
+            await conn.execute(instances.update().where(instances.c.id == instance_id)
+                               .where(instances.c.replica == replica).values(connected=False))
 
     async def deregister_instance(self, instance_id: str) -> bool:
         async with self.engine.begin() as conn:
@@ -195,10 +198,34 @@ class FleetStore(StoreBase):
             )
             return result.rowcount == 1
 
-    async def reset_connections(self) -> None:
-        """At start-up no agent is connected to this (single) server yet."""
+    async def reset_connections(self, replica: str = "") -> None:
+        """At start-up no agent is connected to this server (or replica) yet."""
         async with self.engine.begin() as conn:
-            await conn.execute(instances.update().values(connected=False))
+            await conn.execute(instances.update().where(instances.c.replica == replica)
+                               .values(connected=False))
+
+    async def connected_replicas(self) -> set[str]:
+        """Replicas that hold at least one agent, as the database says."""
+        rows = await self._all(sa.select(instances.c.replica).distinct()
+                               .where(instances.c.connected.is_(True)))
+        return {r["replica"] for r in rows}
+
+    async def disconnect_replicas(self, replicas: set[str]) -> None:
+        """Mark offline every agent that dead replicas held."""
+        async with self.engine.begin() as conn:
+            await conn.execute(instances.update().where(instances.c.replica.in_(sorted(replicas)))
+                               .where(instances.c.connected.is_(True)).values(connected=False))
+
+    async def instance_replicas(self, instance_ids: Sequence[str]) -> dict[str, str]:
+        """Which replica holds each of these instances, for those that are connected."""
+        held: dict[str, str] = {}
+        ids = sorted(set(instance_ids))
+        for start in range(0, len(ids), 500):
+            rows = await self._all(sa.select(instances.c.id, instances.c.replica)
+                                   .where(instances.c.id.in_(ids[start:start + 500]))
+                                   .where(instances.c.connected.is_(True)))
+            held.update((r["id"], r["replica"]) for r in rows)
+        return held
 
     async def create_session(self, **values: Any) -> None:
         async with self.engine.begin() as conn:
@@ -211,6 +238,12 @@ class FleetStore(StoreBase):
 
     async def session(self, session_id: str) -> dict[str, Any] | None:
         return await self._one(sa.select(sessions).where(sessions.c.id == session_id))
+
+    async def session_by_channel(self, instance_id: str, channel: int) -> dict[str, Any] | None:
+        """The open session on this channel of the instance, if any."""
+        return await self._one(sa.select(sessions).where(sessions.c.instance_id == instance_id)
+                               .where(sessions.c.channel == channel)
+                               .where(sessions.c.status.in_(["Connecting", "Active"])))
 
     async def list_sessions(self, active: bool = False) -> list[dict[str, Any]]:
         stmt = sa.select(sessions).order_by(sessions.c.started_at)

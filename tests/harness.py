@@ -39,7 +39,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
 class Server:
     def __init__(self, root: Path, regions: tuple[str, ...] = ("local",),
                  hostnames: tuple[str, ...] = (), listen_host: str = "127.0.0.1",
-                 port: int | None = None, **settings: Any) -> None:
+                 port: int | None = None, init_args: tuple[str, ...] = (),
+                 **settings: Any) -> None:
         self.data_dir = root / "server"
         self.port = port or free_port()
         self.url = f"https://{listen_host}:{self.port}"
@@ -52,7 +53,7 @@ class Server:
             args += ["--region", r]
         for h in hostnames:
             args += ["--hostname", h]
-        subprocess.run(args, check=True, capture_output=True)
+        subprocess.run([*args, *init_args], check=True, capture_output=True)
         if settings:  # edit server.yaml as an operator would
             config_file = self.data_dir / "server.yaml"
             config = yaml.safe_load(config_file.read_text())

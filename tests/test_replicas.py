@@ -1,0 +1,104 @@
+"""Several server replicas on one database and NATS: an operator on one replica reaches an
+agent held by another, and the death of a replica loses neither sessions nor results."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from tests.cluster import Cluster
+from tests.harness import wait_for
+from tests.test_e2e_sessions import finish, spawn_session
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["sqlite"])
+def cluster(request, tmp_path):
+    made = Cluster(tmp_path, size=3, backend=request.param)
+    try:
+        yield made.start()
+    finally:
+        made.close()
+
+
+def settled(server, invoke_id: str, timeout: float = 60) -> dict:
+    return wait_for(lambda: (r := server.cli_json("invocations", "show", invoke_id))[
+        "InvocationStatus"] not in ("Pending", "Running", "Stopping") and r, timeout,
+        f"{invoke_id} settled")
+
+
+def test_operator_on_one_replica_reaches_an_agent_held_by_another(cluster, tmp_path):
+    agent = cluster.agent(tmp_path / "agent", on=0)
+    agent.start(wait_online=False)
+    try:
+        holder = cluster.wait_held(agent.instance_id)
+        r0, r1, r2 = cluster.others(holder) + [cluster.by_id(holder)]
+        # every replica sees it online
+        for replica in cluster.replicas:
+            assert replica.online(agent.instance_id)
+        # a command invoked on r1
+        code, reply = r1.run_json(agent.instance_id, "--script", "echo from-$(hostname)-ok")
+        assert code == 0, reply
+        result = settled(r1, reply["InvokeId"])["Results"][0]
+        assert result["InvocationStatus"] == "Success" and "-ok" in result["Output"]
+        # a terminal session through r2
+        child = spawn_session(r2, agent.instance_id, "--command", "echo across-$((6*7)); exit 3")
+        child.expect("across-42")
+        assert finish(child) == 3
+        # a file both ways through r1
+        src = tmp_path / "blob.bin"
+        src.write_bytes(os.urandom(3 << 20))
+        remote = f"/tmp/ph-replica-{os.getpid()}.bin"
+        r1.cli("cp", str(src), f"{agent.instance_id}:{remote}")
+        back = tmp_path / "back.bin"
+        r2.cli("cp", f"{agent.instance_id}:{remote}", str(back))
+        assert hashlib.sha256(back.read_bytes()).digest() == \
+            hashlib.sha256(src.read_bytes()).digest()
+        os.unlink(remote)
+        # the sessions are listed on every replica
+        sessions = r0.cli_json("sessions", "list")["Sessions"]
+        assert {s["InstanceId"] for s in sessions} == {agent.instance_id}
+    finally:
+        agent.stop()
+
+
+def test_killed_replica_agents_return_elsewhere_and_nothing_is_lost(cluster, tmp_path):
+    agent = cluster.agent(tmp_path / "agent", on=0)
+    agent.start(wait_online=False)
+    try:
+        holder = cluster.wait_held(agent.instance_id)
+        r1, r2 = cluster.others(holder)
+        r0 = cluster.by_id(holder)
+        # results still running on the agent when its replica dies
+        code, reply = r2.run_json(agent.instance_id, "--no-wait", "--script",
+                                  "sleep 4; echo finished-$((40+2))")
+        assert code == 0, reply
+        invoke_id = reply["InvokeId"]
+        # a session homed on r2, printing numbered lines while r0 is killed
+        child = spawn_session(r2, agent.instance_id, "--command",
+                              "for i in $(seq 1 300); do echo line-$i; sleep 0.02; done; "
+                              "echo all-done")
+        child.logfile_read = transcript = io.StringIO()
+        child.expect("line-40")
+        killed_at = time.monotonic()
+        r0.stop(signal.SIGKILL)
+        held_by = cluster.wait_held(agent.instance_id, not_by=holder, timeout=30)
+        moved_after = time.monotonic() - killed_at
+        assert held_by != holder
+        child.expect("all-done", timeout=60)
+        assert finish(child) == 0
+        numbers = [int(n) for n in re.findall(r"line-(\d+)\r\n", transcript.getvalue())]
+        assert numbers == list(range(1, 301)), "lines lost, duplicated or reordered"
+        result = settled(r1, invoke_id)["Results"]
+        assert len(result) == 1 and result[0]["InvocationStatus"] == "Success"
+        assert result[0]["Output"].strip() == "finished-42"
+        print(f"agent back on {held_by} {moved_after:.1f} s after the kill")
+    finally:
+        agent.stop()

@@ -13,8 +13,6 @@ Run as root or not: ``.venv/bin/python bench/fanout.py [--sizes 10,100,1000] [--
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextvars
 import json
 import os
 import statistics
@@ -22,15 +20,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SOURCE_ADDRESSES = 50
-"""Agents are spread over 127.0.0.2 … 127.0.0.51 as their source address."""
+from fleet import (  # noqa: E402
+    BenchServer,
+    raise_open_files,
+    read_listing,
+    register_many,
+    run_agents,
+    start_worker,
+    stop_workers,
+)
+
 PER_PROCESS = 250
 
 
@@ -51,40 +54,14 @@ def _answer_at_once(agent) -> None:  # type: ignore[no-untyped-def]
 
 
 def worker(list_file: Path, offset: int, no_exec: bool) -> None:
-    import agent.connection as connection
     from agent.commands import CommandRunner
-    from agent.config import AgentConfig
-    from agent.state import AgentState
-
-    source: contextvars.ContextVar[str] = contextvars.ContextVar("source")
-    real_connect = connection.connect
-
-    def connect_from(*args, **kwargs):  # type: ignore[no-untyped-def]
-        return real_connect(*args, local_addr=(source.get(), 0), **kwargs)
-
-    connection.connect = connect_from  # type: ignore[assignment]
 
     if os.environ.get("FANOUT_LOG"):
         import logging
         logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(message)s")
         logging.getLogger("websockets").setLevel(logging.WARNING)
-
-    async def main() -> None:
-        dirs = [Path(p) for p in list_file.read_text().split()]
-        tasks = []
-        for i, d in enumerate(dirs):
-            agent = connection.Agent(AgentState.load(d), AgentConfig())
-            if no_exec:
-                _answer_at_once(agent)
-            else:
-                CommandRunner(agent)
-            source.set(f"127.0.0.{2 + (offset + i) % SOURCE_ADDRESSES}")
-            tasks.append(asyncio.create_task(agent.run_forever()))
-            if i % 10 == 9:
-                await asyncio.sleep(0.2)  # no thundering herd of TLS handshakes
-        await asyncio.gather(*tasks)
-
-    asyncio.run(main())
+    run_agents(read_listing(list_file), offset, _answer_at_once if no_exec else CommandRunner,
+               per_second=50)  # no thundering herd of TLS handshakes
 
 
 # --- driver --------------------------------------------------------------------------------
@@ -110,30 +87,14 @@ def main() -> None:
         run(Path(tmp), sizes, args.runs, args.no_exec)
 
 
-def connected(server) -> int:  # type: ignore[no-untyped-def]
-    try:
-        return server.get_json("/healthz")["AgentsConnected"]
-    except OSError:  # busy with a crowd of TLS handshakes: ask again
-        return -1
-
-
 def run(root: Path, sizes: list[int], runs: int, no_exec: bool) -> None:
-    from agent.register import register
     from cli.client import Client
     from cli.config import Profile
-    from tests.harness import BIN, Server, wait_for
+    from tests.harness import wait_for
 
-    class BenchServer(Server):
-        def start(self) -> Server:  # as Server.start, with the server's log level settable
-            log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-            self.proc = subprocess.Popen(
-                [str(BIN / "porthole-server"), "run", "--data-dir", str(self.data_dir),
-                 "--log-level", os.environ.get("FANOUT_SERVER_LOG", "INFO")],
-                stdout=log, stderr=subprocess.STDOUT)
-            wait_for(self.healthy, 20, "server health")
-            return self
-
-    server = BenchServer(root, heartbeat_interval=30.0, agent_offline_after=120.0).start()
+    raise_open_files()
+    server = BenchServer(root, log_level=os.environ.get("FANOUT_SERVER_LOG", "INFO"),
+                         heartbeat_interval=30.0, agent_offline_after=120.0).start()
     workers: list[subprocess.Popen[bytes]] = []
     try:
         c = Client(Profile(server=server.url, ca_file=str(server.ca_file),
@@ -142,34 +103,21 @@ def run(root: Path, sizes: list[int], runs: int, no_exec: bool) -> None:
         total = max(sizes)
         act = c.call("CreateActivation", Region="local", InstanceCount=total)
         t0 = time.perf_counter()
-
-        def reg(i: int) -> tuple[Path, str]:
-            d = root / "agents" / f"a{i:04d}"
-            return d, register(server.url, server.ca_file, act["ActivationId"],
-                               act["ActivationCode"], "local", d)
-
-        with ThreadPoolExecutor(4) as pool:
-            agents = list(pool.map(reg, range(total)))
+        dirs = [root / "agents" / f"a{i:04d}" for i in range(total)]
+        agents = list(zip(dirs, register_many(server, act, dirs, threads=4), strict=True))
         print(f"registered {total} agents in {time.perf_counter() - t0:.1f} s", flush=True)
         rows = []
         for n in sizes:
-            for w in workers:
-                w.terminate()
-                w.wait()
+            stop_workers(workers)
             workers.clear()
-            wait_for(lambda: connected(server) == 0, 120, "agents gone")
+            wait_for(lambda: server.connected() == 0, 120, "agents gone")
             for start in range(0, n, PER_PROCESS):
                 part = agents[start:start + PER_PROCESS][: n - start]
-                listing = root / f"workers-{n}-{start}.txt"
-                listing.write_text("\n".join(str(d) for d, _ in part))
-                log = open(root / f"worker-{n}-{start}.log", "wb")  # noqa: SIM115
-                workers.append(subprocess.Popen(
-                    [sys.executable, __file__, "--worker", str(listing), "--offset",
-                     str(start), *(["--no-exec"] if no_exec else [])],
-                    stdout=log, stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONPATH": str(REPO)}))
+                workers.append(start_worker(
+                    __file__, root / f"workers-{n}-{start}.txt", [d for d, _ in part], start,
+                    root / f"worker-{n}-{start}.log", ["--no-exec"] if no_exec else []))
             t0 = time.perf_counter()
-            wait_for(lambda n=n: connected(server) >= n, 600, f"{n} agents connected")
+            wait_for(lambda n=n: server.connected() >= n, 600, f"{n} agents connected")
             print(f"N={n}: all connected in {time.perf_counter() - t0:.1f} s", flush=True)
             ids = [iid for _, iid in agents[:n]]
             times = []
@@ -194,9 +142,7 @@ def run(root: Path, sizes: list[int], runs: int, no_exec: bool) -> None:
         for n, med, lo, hi in rows:
             print(f"| {n} | {med:.3f} s | {lo:.3f} s | {hi:.3f} s |")
     finally:
-        for w in workers:
-            w.terminate()
-            w.wait()
+        stop_workers(workers)
         server.stop()
 
 

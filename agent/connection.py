@@ -254,7 +254,7 @@ class Agent:
                 self._starting[message.channel].append(message)
             elif channel is not None:
                 channel.handle(message)
-            elif not isinstance(message, ChannelClose):
+            elif not isinstance(message, ChannelClose | ChannelAck):  # late acks are harmless
                 self.send(ChannelClose(message.channel, "no such channel on this agent"))
         elif isinstance(message, ChannelOpen):
             # A redelivered open is ignored.

@@ -146,7 +146,8 @@ class ChannelClient:
                 self.send(out)
             self.credit_changed()
         elif isinstance(message, ChannelClose):
-            self.remote_close = message
+            if self.remote_close is None:  # the first end counts; a later one is an echo
+                self.remote_close = message
             await self.maybe_finish()
         elif isinstance(message, Error):
             raise SessionEnded(EXIT_ABNORMAL, f"{message.message} ({message.code})")

@@ -181,10 +181,9 @@ async def terminate_session(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
                        f"session {p['SessionId'][:64]} not found")
     authorize_resource(ctx, "ecs:TerminateSession",
                region_arn(ctx, row["region"], "instance", row["instance_id"]))
-    session = ctx.services.sessions.sessions.get(row["id"])
-    if session is None or session.closed is not None:
+    if not await ctx.services.sessions.terminate_anywhere(
+            row, f"terminated by {ctx.principal.name}"):
         raise ApiError(409, "SessionNotActive", f"session {row['id']} is not open")
-    await ctx.services.sessions.terminate(session, f"terminated by {ctx.principal.name}")
     return {"SessionId": row["id"]}
 
 

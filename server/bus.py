@@ -11,6 +11,7 @@ Subjects, under ``{prefix}`` (``nats_subject_prefix``)::
 
     {prefix}.r.{replica}.down.{instance}   a frame for an agent that {replica} holds
     {prefix}.r.{replica}.up.{instance}     a frame from an agent for a session {replica} homes
+    {prefix}.r.{replica}.end.{session}     end a session that {replica} homes (data: why)
     {prefix}.wake                           invocations changed: dispatch what is pending
     {prefix}.gone.{instance}                that agent's connection ended on some replica
     {prefix}.alive                          each replica, every ALIVE_INTERVAL seconds
@@ -62,6 +63,7 @@ class Bus:
         self.on_up: FrameHandler | None = None
         self.on_wake: Callable[[], None] | None = None
         self.on_gone: Callable[[str], Awaitable[None]] | None = None
+        self.on_end: Callable[[str, str], Awaitable[None]] | None = None
         self.alive: dict[str, float] = {}
         """Replica id -> when it last announced itself (this replica included)."""
         self.started_at = time.time()
@@ -84,6 +86,7 @@ class Bus:
         own = f"{self.prefix}.r.{self.replica}"
         await nc.subscribe(f"{own}.down.*", cb=self._on_down, pending_bytes_limit=256 << 20)
         await nc.subscribe(f"{own}.up.*", cb=self._on_up, pending_bytes_limit=256 << 20)
+        await nc.subscribe(f"{own}.end.*", cb=self._on_end)
         await nc.subscribe(f"{self.prefix}.wake", cb=self._on_wake)
         await nc.subscribe(f"{self.prefix}.gone.*", cb=self._on_gone)
         await nc.subscribe(f"{self.prefix}.alive", cb=self._on_alive)
@@ -113,6 +116,9 @@ class Bus:
     async def to_session(self, replica: str, instance_id: str, frame: bytes) -> None:
         await self._publish(f"{self.prefix}.r.{replica}.up.{instance_id}", frame)
 
+    async def end_session(self, replica: str, session_id: str, reason: str) -> None:
+        await self._publish(f"{self.prefix}.r.{replica}.end.{session_id}", reason.encode())
+
     async def wake(self) -> None:
         with contextlib.suppress(ConnectionError):
             await self._publish(f"{self.prefix}.wake")
@@ -139,6 +145,7 @@ class Bus:
 
     @staticmethod
     def _instance(subject: str) -> str:
+        """The last token: an instance id, or a session id."""
         return subject.rsplit(".", 1)[1]
 
     async def _on_down(self, msg: Msg) -> None:
@@ -148,6 +155,10 @@ class Bus:
     async def _on_up(self, msg: Msg) -> None:
         if self.on_up is not None:
             await self.on_up(self._instance(msg.subject), msg.data)
+
+    async def _on_end(self, msg: Msg) -> None:
+        if self.on_end is not None:
+            await self.on_end(self._instance(msg.subject), msg.data.decode(errors="replace"))
 
     async def _on_wake(self, _msg: Msg) -> None:
         if self.on_wake is not None:

@@ -94,6 +94,7 @@ class SessionManager:
         if gateway.bus is not None:
             gateway.bus.on_up = self._from_bus
             gateway.bus.on_gone = self.agent_down
+            gateway.bus.on_end = self._end_from_bus
 
     async def start(self) -> None:
         """Pick up sessions a previous run of this server left open."""
@@ -276,8 +277,9 @@ class SessionManager:
             if session.end_reason:
                 raw = encode(ChannelClose(message.channel, session.end_reason,
                                           message.exit_code, message.last_seq, message.detail))
-            if session.closed is None:
-                await self._ended(session, message)
+            if session.closed is not None:
+                return  # the channel already ended; this is an echo
+            await self._ended(session, message)
             session.closed = message
         self._to_client(session, raw)
 
@@ -395,6 +397,26 @@ class SessionManager:
                     await self._check(session, time.time())
                 except Exception:
                     log.exception("session %s: sweep failed", session.id)
+
+    async def terminate_anywhere(self, row: dict[str, Any], reason: str) -> bool:
+        """End an open session wherever it is homed; False if it is not open."""
+        session = self.sessions.get(row["id"])
+        if session is not None:
+            if session.closed is not None:
+                return False
+            await self.terminate(session, reason)
+            return True
+        bus = self.gateway.bus
+        if bus is None or row["status"] != "Active" or not row["replica"] \
+                or row["replica"] == self.gateway.replica or bus.dead_replicas({row["replica"]}):
+            return False
+        await bus.end_session(row["replica"], row["id"], reason)
+        return True
+
+    async def _end_from_bus(self, session_id: str, reason: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is not None:
+            await self.terminate(session, reason[:512])
 
     async def _check(self, session: Session, now: float) -> None:
         grace = self.config.session_resume_timeout

@@ -65,6 +65,14 @@ def test_operator_on_one_replica_reaches_an_agent_held_by_another(cluster, tmp_p
         # the sessions are listed on every replica
         sessions = r0.cli_json("sessions", "list")["Sessions"]
         assert {s["InstanceId"] for s in sessions} == {agent.instance_id}
+        # a session homed on r2 ended from r1
+        child = spawn_session(r2, agent.instance_id, "--command", "echo wait$((1+1))ing; sleep 60")
+        child.expect("wait2ing")
+        active = r1.cli_json("sessions", "list", "--active")["Sessions"]
+        assert len(active) == 1
+        r1.cli("sessions", "terminate", active[0]["SessionId"])
+        child.expect("terminated by admin")
+        assert finish(child) != 0
     finally:
         agent.stop()
 
@@ -101,4 +109,22 @@ def test_killed_replica_agents_return_elsewhere_and_nothing_is_lost(cluster, tmp
         assert result[0]["Output"].strip() == "finished-42"
         print(f"agent back on {held_by} {moved_after:.1f} s after the kill")
     finally:
+        agent.stop()
+
+
+def test_presence_follows_a_dead_replica(cluster, tmp_path):
+    agent = cluster.agent(tmp_path / "agent")
+    agent.start(wait_online=False)
+    try:
+        holder = cluster.wait_held(agent.instance_id)
+        survivor = cluster.others(holder)[0]
+        os.kill(agent.proc.pid, signal.SIGSTOP)  # it cannot dial another replica yet
+        cluster.by_id(holder).stop(signal.SIGKILL)
+        wait_for(lambda: not survivor.online(agent.instance_id), 40,
+                 "the dead replica's agent shown offline")
+        os.kill(agent.proc.pid, signal.SIGCONT)
+        assert cluster.wait_held(agent.instance_id, not_by=holder) != holder
+    finally:
+        if agent.proc is not None:
+            os.kill(agent.proc.pid, signal.SIGCONT)
         agent.stop()

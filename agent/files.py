@@ -15,10 +15,10 @@ import os
 import posixpath
 import sys
 from pathlib import Path
+from typing import Any
 
 from agent import filehelper
 from agent.channel import AgentChannel, ChannelRefused
-from agent.users import RunAsError, run_as
 from proto.messages import MAX_CHUNK, ChannelAccept
 
 log = logging.getLogger("porthole.agent.files")
@@ -33,6 +33,20 @@ def check_path(path: object) -> str:
     if ".." in path.split("/"):
         raise ChannelRefused("InvalidPath", f"remote path {path!r} contains '..'")
     return posixpath.normpath(path)
+
+
+def _run_as(user: str) -> Any:
+    """The run-as account (an ``agent.users.RunAs``); copies run as the user on Linux only."""
+    if sys.platform == "win32":
+        raise ChannelRefused("UnsupportedPlatform",
+                             "file copy is not supported by Windows agents yet")
+    else:
+        from agent.users import RunAsError, run_as
+
+        try:
+            return run_as(user)
+        except RunAsError as exc:
+            raise ChannelRefused(exc.code, str(exc)) from None
 
 
 class FileChannel(AgentChannel):
@@ -53,10 +67,7 @@ class FileChannel(AgentChannel):
         if not self.config.allows(user):
             raise ChannelRefused("RunAsNotAllowed",
                                  f"this agent's allowed_users does not include {user!r}")
-        try:
-            account = run_as(user)
-        except RunAsError as exc:
-            raise ChannelRefused(exc.code, str(exc)) from None
+        account = _run_as(user)
         args = [op, path]
         if op == "put":
             args += [f"{int(self.params.get('mode', 0o644)) & 0o7777:o}",

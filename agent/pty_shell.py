@@ -1,4 +1,4 @@
-"""Terminal channels: a login shell (or one command) of a local user on a PTY.
+"""Terminal channels on Linux: a login shell (or one command) of a local user on a PTY.
 
 PTY output is read only while the peer has granted credit, so a flood stops in the kernel's
 PTY buffer instead of in memory. Input is written as the PTY accepts it and acknowledged
@@ -6,6 +6,10 @@ only then.
 """
 
 from __future__ import annotations
+
+import sys
+
+assert sys.platform != "win32", "agent.pty_shell is for POSIX systems"
 
 import asyncio
 import contextlib
@@ -59,7 +63,7 @@ def session_processes(sid: int) -> list[int]:
     return pids
 
 
-class ShellChannel(AgentChannel):
+class PtyChannel(AgentChannel):
     receive_window = WINDOW
 
     def __init__(self, open_msg: ChannelOpen, config: AgentConfig,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 
 def notify(state: str) -> bool:
     """Send ``state`` (e.g. "READY=1") to systemd; False when not run by systemd."""
+    if sys.platform == "win32":
+        return False
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False

@@ -1,6 +1,11 @@
-"""Local users: resolving run-as users and creating the default session user."""
+"""Local users on Linux: resolving run-as users and creating the default session user
+(Windows: ``agent.windows.logon``)."""
 
 from __future__ import annotations
+
+import sys
+
+assert sys.platform != "win32", "agent.users is for POSIX systems"
 
 import os
 import pwd

@@ -13,6 +13,7 @@ size, or an error) go to stderr as one JSON line; file content goes over stdin/s
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import stat
@@ -38,7 +39,9 @@ def put(path: str, mode: int, mtime: float) -> None:
     digest, size = hashlib.sha256(), 0
     try:
         with os.fdopen(fd, "wb") as f:
-            while chunk := sys.stdin.buffer.read1(CHUNK):
+            stdin = sys.stdin.buffer
+            assert isinstance(stdin, io.BufferedReader)
+            while chunk := stdin.read1(CHUNK):
                 f.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)

@@ -61,7 +61,7 @@ class PortChannel(AgentChannel):
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
             raise ChannelRefused("HostNotFound", f"cannot resolve {host}: {exc}") from None
-        address = infos[0][4][0]
+        address = str(infos[0][4][0])
         why = forbidden_target(address)
         if why and not self.config.allow_link_local_forwarding:
             raise ChannelRefused("ForwardingRefused",

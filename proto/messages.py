@@ -218,9 +218,10 @@ def decode(data: bytes) -> Message:
         raise ProtocolError(f"malformed frame: {exc}", code="MalformedFrame") from None
     if not isinstance(frame, dict):
         raise ProtocolError("frame is not a map", code="MalformedFrame")
-    cls = _REGISTRY.get(frame.get("t")) if isinstance(frame.get("t"), str) else None
+    kind = frame.get("t")
+    cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ProtocolError(f"unknown message type {frame.get('t')!r}", code="MalformedFrame")
+        raise ProtocolError(f"unknown message type {kind!r}", code="MalformedFrame")
     kwargs: dict[str, Any] = {}
     hints = _hints(cls)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]

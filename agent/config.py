@@ -28,6 +28,8 @@ class AgentConfig:
     """Seconds between checks for an upgraded agent package (then it restarts); 0: never."""
     allow_link_local_forwarding: bool = False
     """Port forwarding to link-local and cloud metadata addresses is refused unless true."""
+    state_dir: Path | None = field(default=None, init=False, repr=False, compare=False)
+    """The state directory this configuration was loaded from (not a key of agent.yaml)."""
 
     def allows(self, user: str) -> bool:
         return any(fnmatch.fnmatchcase(user, pattern) for pattern in self.allowed_users)
@@ -36,14 +38,16 @@ class AgentConfig:
     def load(cls, state_dir: Path) -> AgentConfig:
         path = state_dir / CONFIG_FILE
         if not path.exists():
-            return cls()
+            config = cls()
+            config.state_dir = state_dir
+            return config
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise AgentConfigError(f"{path}: {exc}".replace("\n", " ")) from None
         if not isinstance(raw, dict):
             raise AgentConfigError(f"{path}: must be a mapping of keys to values")
-        known = {f.name: f for f in fields(cls)}
+        known = {f.name: f for f in fields(cls) if f.init}
         for key in raw:
             if key not in known:
                 raise AgentConfigError(f"{path}: unknown key {key!r}")
@@ -60,4 +64,5 @@ class AgentConfig:
         if not isinstance(config.upgrade_check_interval, int | float) \
                 or config.upgrade_check_interval < 0:
             raise AgentConfigError(f"{path}: upgrade_check_interval must be 0 or more seconds")
+        config.state_dir = state_dir
         return config

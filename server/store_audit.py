@@ -6,22 +6,30 @@ Editing an entry breaks its hash; removing or reordering entries breaks the sequ
 chain; rewriting the whole chain needs the master key, which the database does not hold.
 Removing entries from the end is caught by comparing with the last entry this server wrote,
 and with anchors (sequence number and hash) that a verifier remembered from earlier.
+
+Appends from several server processes (replicas on one database) are serialised: on
+PostgreSQL each appending transaction first takes an advisory lock, so the head it reads is
+still the head when it commits; on SQLite a writer that lost the race finds its sequence
+number taken (the primary key) and tries again on the new head.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import sqlalchemy as sa
 
-from server.db import StoreBase, metadata
+from server.db import StoreBase, clean_text, metadata
 from server.secrets import constant_time_equal, repo_keyring
 
 GENESIS = "0" * 64
+APPEND_LOCK = 0x706F7274686F6C66
+"""PostgreSQL advisory lock key held by a transaction that appends to the audit log."""
 _FIELDS = ("at", "request_id", "principal", "action", "resource", "source_ip", "outcome",
            "detail")
 _LIMITS = {"request_id": 64, "principal": 128, "action": 128, "resource": 512,
@@ -64,7 +72,7 @@ class AuditStore(StoreBase):
             entry = {f: fields.get(f) or "" for f in _FIELDS}
             entry["at"] = float(fields.get("at") or time.time())
             for name, limit in _LIMITS.items():
-                entry[name] = str(entry[name])[:limit]
+                entry[name] = clean_text(str(entry[name]))[:limit]
             entries.append(entry)
         if not entries:
             return
@@ -72,9 +80,12 @@ class AuditStore(StoreBase):
         if self._audit_lock is None:
             self._audit_lock = asyncio.Lock()
         async with self._audit_lock:
-            for _attempt in range(20):  # another server writing at the same moment: retry
+            for _attempt in range(50):  # another server writing at the same moment: retry
                 try:
                     async with self.engine.begin() as conn:
+                        if conn.dialect.name == "postgresql":
+                            await conn.execute(sa.select(
+                                sa.func.pg_advisory_xact_lock(APPEND_LOCK)))
                         last = (await conn.execute(
                             sa.select(audit_log.c.seq, audit_log.c.hash)
                             .order_by(audit_log.c.seq.desc()).limit(1))).first()
@@ -90,7 +101,7 @@ class AuditStore(StoreBase):
                     self.audit_written = (seq, prev)
                     return
                 except sa.exc.IntegrityError:
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(random.uniform(0.005, 0.02))
             raise RuntimeError("could not append to the audit log")
 
     async def audit_entries(self, since: float | None = None, principal: str | None = None,

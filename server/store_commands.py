@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from server.db import StoreBase, metadata
+from server.db import BigInt, StoreBase, fit, insert_ignore, metadata, upsert, write_lock
 
 commands = sa.Table(
     "commands", metadata,
@@ -71,11 +71,11 @@ invocation_results = sa.Table(
     sa.Column("instance_id", sa.String(32), primary_key=True, index=True),
     sa.Column("repeat", sa.Integer, primary_key=True),
     sa.Column("status", sa.String(16), nullable=False, index=True),
-    sa.Column("exit_code", sa.Integer),
+    sa.Column("exit_code", BigInt),
     sa.Column("error_code", sa.String(64), nullable=False, default=""),
     sa.Column("error_info", sa.Text, nullable=False, default=""),
     sa.Column("output_size", sa.Integer, nullable=False, default=0),
-    sa.Column("dropped", sa.Integer, nullable=False, default=0),
+    sa.Column("dropped", BigInt, nullable=False, default=0),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("dispatched_at", sa.Float),
     sa.Column("started_at", sa.Float),
@@ -137,8 +137,9 @@ class CommandStore(StoreBase):
             where.append(commands.c.region == region)
         if command_id:
             where.append(commands.c.id == command_id)
-        if name:  # Cloud Assistant matches names with a trailing * as a prefix
-            where.append(commands.c.name.like(name[:-1].replace("%", r"\%") + "%", escape="\\")
+        if name:  # a trailing * matches a prefix (case-sensitive, like the whole name)
+            prefix = name[:-1]
+            where.append(sa.func.substr(commands.c.name, 1, len(prefix)) == prefix
                          if name.endswith("*") else commands.c.name == name)
         if command_type:
             where.append(commands.c.type == command_type)
@@ -305,6 +306,7 @@ class CommandStore(StoreBase):
         """Update tasks still in one of ``only_from``; a final status also sets finished_at."""
         if "status" in values and values["status"] in FINAL_STATUSES:
             values.setdefault("finished_at", time.time())
+        values = fit(invocation_results, values)
         changed = 0
         async with self.engine.begin() as conn:
             for part in _chunks(list(keys)):
@@ -336,22 +338,33 @@ class CommandStore(StoreBase):
                             ) -> list[bool]:
         """Store many final results (key, whole output, values) in one transaction with one
         statement of each kind: many agents answering at once cost one commit. A result whose
-        task is already final is left as it was (False)."""
+        task is already final is left as it was (False), as is a second copy of one result in
+        the same batch."""
         t, o = invocation_results.c, invocation_outputs.c
         by_invocation: dict[str, list[TaskKey]] = {}
         for key, _, _ in items:
             by_invocation.setdefault(key[0], []).append(key)
         async with self.engine.begin() as conn:
+            # Another server storing the same result (an agent that resent it after moving
+            # to another replica) waits here, then finds it final: stored once, fresh once.
+            await write_lock(conn)
             active: set[TaskKey] = set()
-            for invocation_id, keys in by_invocation.items():
-                for part in _chunks(keys, 500):
+            for invocation_id, keys in sorted(by_invocation.items()):  # one lock order
+                for part in _chunks(sorted(keys), 500):
                     rows = await conn.execute(
                         sa.select(t.instance_id, t.repeat)
                         .where(t.invocation_id == invocation_id)
                         .where(t.instance_id.in_(sorted({k[1] for k in part})))
-                        .where(t.status.in_(list(ACTIVE_STATUSES))))
+                        .where(t.status.in_(list(ACTIVE_STATUSES)))
+                        .order_by(t.instance_id, t.repeat).with_for_update())
                     active.update((invocation_id, r.instance_id, r.repeat) for r in rows)
-            fresh = [(key, out, values) for key, out, values in items if key in active]
+            fresh: list[tuple[TaskKey, bytes, dict[str, Any]]] = []
+            stored: list[bool] = []
+            for key, out, values in items:
+                stored.append(key in active)
+                if key in active:
+                    active.discard(key)
+                    fresh.append((key, out, fit(invocation_results, values)))
             if fresh:
                 names = sorted({n for _, _, values in fresh for n in values})
                 await conn.execute(
@@ -375,7 +388,7 @@ class CommandStore(StoreBase):
                     await conn.execute(invocation_outputs.insert(), [
                         {"invocation_id": k[0], "instance_id": k[1], "repeat": k[2],
                          "offset": 0, "data": out} for k, out in outputs])
-        return [key in active for key, _, _ in items]
+        return stored
 
     # --- output --------------------------------------------------------------------------
 
@@ -384,13 +397,9 @@ class CommandStore(StoreBase):
         if not data:
             return
         async with self.engine.begin() as conn:
-            exists = await conn.execute(
-                sa.select(invocation_outputs.c.offset).where(*self._out_where(key))
-                .where(invocation_outputs.c.offset == offset))
-            if exists.first() is None:
-                await conn.execute(invocation_outputs.insert().values(
-                    invocation_id=key[0], instance_id=key[1], repeat=key[2], offset=offset,
-                    data=data))
+            await insert_ignore(conn, invocation_outputs, [{
+                "invocation_id": key[0], "instance_id": key[1], "repeat": key[2],
+                "offset": offset, "data": data}])
 
     async def output_received(self, key: TaskKey) -> int:
         row = await self._one(
@@ -441,13 +450,11 @@ class CommandStore(StoreBase):
         return out
 
     async def record_boot(self, instance_id: str, boot_id: str) -> None:
+        now = time.time()
         async with self.engine.begin() as conn:
-            done = await conn.execute(instance_boots.update()
-                                      .where(instance_boots.c.instance_id == instance_id)
-                                      .values(boot_id=boot_id, reported_at=time.time()))
-            if done.rowcount == 0:
-                await conn.execute(instance_boots.insert().values(
-                    instance_id=instance_id, boot_id=boot_id, reported_at=time.time()))
+            await upsert(conn, instance_boots,
+                         {"instance_id": instance_id, "boot_id": boot_id, "reported_at": now},
+                         {"boot_id": boot_id, "reported_at": now})
 
     async def reboot_targets(self, instance_id: str) -> list[dict[str, Any]]:
         """Reboot-triggered invocations still waiting on this instance."""

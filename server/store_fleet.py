@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from server.db import StoreBase, hash_secret, metadata
+from server.db import BigInt, StoreBase, fit, hash_secret, insert_ignore, metadata
 
 regions = sa.Table(
     "regions", metadata,
@@ -32,7 +32,7 @@ sessions = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),  # Connecting, Active, Terminated, Failed
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("ended_at", sa.Float),
-    sa.Column("exit_code", sa.Integer),
+    sa.Column("exit_code", BigInt),
     sa.Column("end_reason", sa.Text, nullable=False, default=""),
     sa.Column("recording", sa.String(1024), nullable=False, default=""),
     sa.Column("kind", sa.String(16), nullable=False, default="shell"),
@@ -80,14 +80,13 @@ class ActivationError(Exception):
 
 class FleetStore(StoreBase):
     async def ensure_regions(self, names: Sequence[str]) -> None:
+        """Add the regions not yet known (replicas starting together may race: no error)."""
         async with self.engine.begin() as conn:
-            existing = {r[0] for r in await conn.execute(sa.select(regions.c.name))}
-            for name in names:
-                if name not in existing:
-                    await conn.execute(regions.insert().values(name=name))
+            await insert_ignore(conn, regions, [{"name": name} for name in dict.fromkeys(names)])
 
     async def region_names(self) -> list[str]:
-        return [r["name"] for r in await self._all(sa.select(regions.c.name))]
+        return [r["name"] for r in await self._all(sa.select(regions.c.name)
+                                                   .order_by(regions.c.name))]
 
     async def regions(self, name: str | None = None) -> list[dict[str, Any]]:
         stmt = sa.select(regions).order_by(regions.c.name)
@@ -111,7 +110,8 @@ class FleetStore(StoreBase):
             ))
 
     async def list_activations(self) -> list[dict[str, Any]]:
-        return await self._all(sa.select(activations).order_by(activations.c.created_at))
+        return await self._all(sa.select(activations).order_by(activations.c.created_at,
+                                                                activations.c.id))
 
     async def register_instance(
         self, activation_id: str, code: str, region: str, instance_id: str, public_key: bytes,
@@ -151,9 +151,8 @@ class FleetStore(StoreBase):
             await conn.execute(instances.insert().values(
                 id=instance_id, public_key=public_key, region=region,
                 activation_id=activation_id, registered_at=time.time(), connected=False,
-                hostname=info.get("hostname", "")[:256], platform=info.get("platform", "")[:64],
-                os_name=info.get("os_name", "")[:256],
-                agent_version=info.get("agent_version", "")[:64],
+                **fit(instances, {k: info.get(k, "") for k in
+                                  ("hostname", "platform", "os_name", "agent_version")}),
             ))
 
     async def instance(self, instance_id: str) -> dict[str, Any] | None:
@@ -167,14 +166,14 @@ class FleetStore(StoreBase):
             stmt = stmt.where(instances.c.region == region)
         if ids:
             stmt = stmt.where(instances.c.id.in_(list(ids)))
-        return await self._all(stmt.order_by(instances.c.registered_at))
+        return await self._all(stmt.order_by(instances.c.registered_at, instances.c.id))
 
     async def mark_connected(self, instance_id: str, info: dict[str, str],
                              replica: str = "") -> None:
         async with self.engine.begin() as conn:
             await conn.execute(instances.update().where(instances.c.id == instance_id).values(
-                connected=True, last_heartbeat=time.time(), replica=replica, **info
-            ))
+                connected=True, last_heartbeat=time.time(), replica=replica,
+                **fit(instances, info)))
 
     async def mark_heartbeat(self, instance_id: str) -> None:
         async with self.engine.begin() as conn:
@@ -229,12 +228,13 @@ class FleetStore(StoreBase):
 
     async def create_session(self, **values: Any) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(sessions.insert().values(started_at=time.time(), **values))
+            await conn.execute(sessions.insert().values(started_at=time.time(),
+                                                        **fit(sessions, values)))
 
     async def update_session(self, session_id: str, **values: Any) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(sessions.update().where(sessions.c.id == session_id)
-                               .values(**values))
+                               .values(**fit(sessions, values)))
 
     async def session(self, session_id: str) -> dict[str, Any] | None:
         return await self._one(sa.select(sessions).where(sessions.c.id == session_id))
@@ -246,7 +246,7 @@ class FleetStore(StoreBase):
                                .where(sessions.c.status.in_(["Connecting", "Active"])))
 
     async def list_sessions(self, active: bool = False) -> list[dict[str, Any]]:
-        stmt = sa.select(sessions).order_by(sessions.c.started_at)
+        stmt = sa.select(sessions).order_by(sessions.c.started_at, sessions.c.id)
         if active:
             stmt = stmt.where(sessions.c.status.in_(["Connecting", "Active"]))
         return await self._all(stmt)

@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from server.db import StoreBase, metadata
+from server.db import StoreBase, clean_text, insert_ignore, metadata, upsert, write_lock
 from server.secrets import SecretError, is_sealed, repo_keyring
 
 users = sa.Table(
@@ -156,7 +156,8 @@ class IamStore(StoreBase):
 
     async def list_access_keys(self, user: str | None = None) -> list[dict[str, Any]]:
         stmt = sa.select(access_keys.c.id, access_keys.c.user_name, access_keys.c.status,
-                         access_keys.c.created_at).order_by(access_keys.c.created_at)
+                         access_keys.c.created_at).order_by(access_keys.c.created_at,
+                                                            access_keys.c.id)
         if user is not None:
             stmt = stmt.where(access_keys.c.user_name == user)
         return await self._all(stmt)
@@ -254,8 +255,10 @@ class IamStore(StoreBase):
     async def add_policy_version(self, name: str, document: str, set_default: bool) -> str:
         now = time.time()
         async with self.engine.begin() as conn:
+            await write_lock(conn)  # versions added at once get distinct numbers
             row = (await conn.execute(sa.select(policies.c.next_version)
-                                      .where(policies.c.name == name))).first()
+                                      .where(policies.c.name == name)
+                                      .with_for_update())).first()
             version = f"v{row[0]}"
             await conn.execute(policy_versions.insert().values(
                 policy_name=name, version_id=version, document=document, created_at=now))
@@ -268,7 +271,8 @@ class IamStore(StoreBase):
     async def policy_versions(self, name: str) -> list[dict[str, Any]]:
         return await self._all(sa.select(policy_versions)
                                .where(policy_versions.c.policy_name == name)
-                               .order_by(policy_versions.c.created_at))
+                               .order_by(policy_versions.c.created_at,
+                                         policy_versions.c.version_id))
 
     async def policy_version(self, name: str, version: str) -> dict[str, Any] | None:
         return await self._one(sa.select(policy_versions).where(
@@ -383,18 +387,17 @@ class IamStore(StoreBase):
     async def change_instance_tags(self, instance_id: str, put: dict[str, str],
                                    remove: Sequence[str]) -> None:
         async with self.engine.begin() as conn:
-            keys = list(put) + list(remove)
-            if keys:
+            gone = [k for k in remove if k not in put]
+            if gone:
                 await conn.execute(instance_tags.delete().where(
                     (instance_tags.c.instance_id == instance_id)
-                    & instance_tags.c.key.in_(keys)))
+                    & instance_tags.c.key.in_(gone)))
             for k, v in put.items():
-                await conn.execute(instance_tags.insert().values(
-                    instance_id=instance_id, key=k, value=v))
-            bumped = await conn.execute(iam_meta.update().where(iam_meta.c.name == "tags")
-                                        .values(value=iam_meta.c.value + 1))
-            if not bumped.rowcount:
-                await conn.execute(iam_meta.insert().values(name="tags", value=1))
+                await upsert(conn, instance_tags, {"instance_id": instance_id, "key": k,
+                                                   "value": clean_text(v)},
+                             {"value": clean_text(v)})
+            await upsert(conn, iam_meta, {"name": "tags", "value": 1},
+                         {"value": iam_meta.c.value + 1})
 
     async def instance_tags(self, instance_id: str) -> dict[str, str]:
         rows = await self._all(sa.select(instance_tags)
@@ -404,18 +407,18 @@ class IamStore(StoreBase):
 
     # --- request nonces ------------------------------------------------------------------
 
+    _nonces_pruned_at = 0.0
+
     async def remember_nonce(self, key_id: str, nonce: str, max_age: float) -> bool:
-        """Record a request nonce; False if it was seen before (a replay)."""
+        """Record a request nonce; False if it was seen before (a replay). Nonces older than
+        ``max_age`` are pruned every few seconds, not on every request: concurrent requests
+        deleting the same rows would wait on each other's row locks (PostgreSQL)."""
         now = time.time()
         async with self.engine.begin() as conn:
-            await conn.execute(
-                request_nonces.delete().where(request_nonces.c.seen_at < now - max_age)
-            )
-            try:
-                async with conn.begin_nested():
-                    await conn.execute(
-                        request_nonces.insert().values(key_id=key_id, nonce=nonce, seen_at=now)
-                    )
-            except sa.exc.IntegrityError:
-                return False
-        return True
+            if now - self._nonces_pruned_at > 5.0:
+                self._nonces_pruned_at = now
+                await conn.execute(
+                    request_nonces.delete().where(request_nonces.c.seen_at < now - max_age))
+            added = await insert_ignore(conn, request_nonces, [
+                {"key_id": key_id, "nonce": clean_text(nonce), "seen_at": now}])
+        return added == 1

@@ -140,3 +140,32 @@ def test_sigterm_stops_promptly_and_agents_return(server, make_agent):
     assert "shutting down" in server.log()
     server.start()
     wait_for(lambda: server.online(agent.instance_id), 30, "agent back")
+
+
+def test_a_command_runs_on_through_a_sigterm_restart_and_ends_once(server, make_agent,
+                                                                   tmp_path):
+    agent = make_agent()
+    runs = tmp_path / "runs"
+    invoke_id = server.cli("run", agent.instance_id, "--no-wait", "--output", "text",
+                           "--script", f"echo run >> {runs}; sleep 6; echo done").stdout.strip()
+    wait_for(runs.exists, 30, "the command started")
+    port = server.port
+    server.stop(signal.SIGTERM)
+    server.start()
+    assert server.port == port
+    wait_for(lambda: server.online(agent.instance_id), 30, "agent back")
+
+    def settled() -> dict | None:
+        reply = server.cli_json("invocations", "show", invoke_id)
+        return reply if reply["InvocationStatus"] not in ("Pending", "Running") else None
+
+    reply = wait_for(settled, 60, "the invocation ended")
+    assert reply["InvocationStatus"] == "Success"
+    (result,) = reply["Results"]
+    assert (result["InvocationStatus"], result["ExitCode"], result["Output"]) == \
+        ("Success", 0, "done\n")
+    assert len(server.cli_json("invocations", "show", invoke_id, "--history")["Results"]) == 1
+    assert runs.read_text() == "run\n"  # the agent ran it once, not again on reconnection
+    events = server.cli_json("audit", "list", "--action", "InvocationEnd")["Events"]
+    assert [json.loads(e["Detail"])["InvokeId"] for e in events].count(invoke_id) == 1
+    assert server.online(agent.instance_id)

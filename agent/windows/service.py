@@ -28,6 +28,7 @@ import servicemanager
 import win32service
 import win32serviceutil
 
+from agent.state import RECORD_FILE
 from agent.windows.acl import secure_directory
 from agent.windows.common import SERVICE_DISPLAY_NAME, SERVICE_NAME
 
@@ -152,8 +153,9 @@ def control(action: str, state_dir: Path) -> str:
             _stop_and_wait()
             return f"stopped {SERVICE_NAME}"
     except pywintypes.error as exc:
-        raise ServiceError(f"cannot {action} the {SERVICE_NAME} service: {exc.strerror} "
-                           "(run it from an elevated prompt)") from None
+        hint = " (run it from an elevated prompt)" if exc.winerror == 5 else ""
+        raise ServiceError(f"cannot {action} the {SERVICE_NAME} service: "
+                           f"{exc.strerror}{hint}") from None
     raise ServiceError(f"unknown service action {action!r}")
 
 
@@ -163,7 +165,7 @@ def _install(state_dir: Path) -> str:
             f"{sys.executable} belongs to a virtual environment, whose python.exe starts the "
             "real interpreter as a child the service control manager cannot talk to; install "
             "porthole into a Python installed for all users and run this from there")
-    if not (state_dir / "agent.json").exists():
+    if not (state_dir / RECORD_FILE).exists():
         raise ServiceError(f"{state_dir} holds no registration; run "
                            "`porthole-agent register` first")
     secure_directory(state_dir)

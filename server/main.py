@@ -14,10 +14,13 @@ import click
 from proto.ids import new_access_key
 from server import __version__
 from server.config import ConfigError, ServerConfig
+from server.db import StorageError, driver_url, safe_url
 from server.pki import create_ca, issue_server_cert
 from server.secrets import SecretError, install_keyring, master_key_path
 
 ADMIN_USER = "admin"
+DATABASE_URL_HELP = ("SQLAlchemy URL of the database, e.g. postgresql://USER:PASS@HOST/DB "
+                     "(default: database_url in server.yaml, else SQLite in the data dir).")
 
 
 def _fail(message: str) -> None:
@@ -40,24 +43,32 @@ def cli() -> None:
 @click.option("--hostname", "hostnames", multiple=True,
               help="Extra DNS name or IP for the server certificate (repeatable).")
 @click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT")
+@click.option("--database-url", default="", envvar="PORTHOLE_DATABASE_URL",
+              help="SQLAlchemy URL of an existing, empty database, e.g. "
+                   "postgresql://USER:PASS@HOST/DB; written to server.yaml "
+                   "(default: SQLite at DATA_DIR/porthole.db).")
 def init(data_dir: Path, account_id: str, regions: tuple[str, ...],
-         hostnames: tuple[str, ...], listen: str) -> None:
+         hostnames: tuple[str, ...], listen: str, database_url: str) -> None:
     """Create the database, CA, server certificate, master key and admin access key."""
     if (data_dir / "server.yaml").exists():
         _fail(f"{data_dir} is already initialised; use a new --data-dir or remove it first")
     config = ServerConfig(data_dir=data_dir, account_id=account_id,
                           regions=list(regions) or ["local"], hostnames=list(hostnames),
-                          listen=listen)
+                          listen=listen, database_url=database_url)
     try:
         config.validate()
-    except ConfigError as exc:
+        _check_database_url(config)
+    except (ConfigError, StorageError) as exc:
         _fail(str(exc))
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     create_ca(data_dir)
     issue_server_cert(data_dir, list(hostnames))
     key_id, secret = new_access_key()
-    asyncio.run(_init_db(config, key_id, secret))
+    try:
+        asyncio.run(_init_db(config, key_id, secret))
+    except (StorageError, SecretError) as exc:
+        _fail(str(exc))
     fd = os.open(data_dir / "admin.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump({"AccessKeyId": key_id, "AccessKeySecret": secret}, f, indent=2)
@@ -73,6 +84,11 @@ async def _init_db(config: ServerConfig, key_id: str, secret: str) -> None:
 
     repo = await Repository.open(config.db_url)
     try:
+        if await repo.user(ADMIN_USER) is not None:
+            raise StorageError(
+                f"the database {safe_url(config.db_url)} already holds a Porthole deployment; "
+                "give init an empty database, or copy that deployment's data dir (with "
+                "master.key) to run another replica of it")
         await install_keyring(config.data_dir, repo)
         await repo.ensure_regions(config.regions)
         await repo.create_user(ADMIN_USER, ["AdministratorAccess"])
@@ -83,15 +99,35 @@ async def _init_db(config: ServerConfig, key_id: str, secret: str) -> None:
         await repo.close()
 
 
+def _check_database_url(config: ServerConfig) -> None:
+    """Refuse (StorageError) a database URL of an engine or driver that is not supported."""
+    driver_url(config.db_url)
+
+
+def _load(data_dir: Path, database_url: str) -> ServerConfig:
+    """server.yaml, with ``--database-url`` (or PORTHOLE_DATABASE_URL) over its key."""
+    try:
+        config = ServerConfig.load(data_dir)
+        if database_url:
+            config.database_url = database_url
+        _check_database_url(config)
+    except (ConfigError, StorageError) as exc:
+        _fail(str(exc))
+    return config
+
+
 @cli.command()
 @click.option("--data-dir", required=True, type=click.Path(path_type=Path))
 @click.option("--listen", default=None, help="HOST:PORT (overrides server.yaml)")
+@click.option("--database-url", default="", envvar="PORTHOLE_DATABASE_URL",
+              help=DATABASE_URL_HELP)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option("--log-level", default="INFO", show_default=True)
-def run(data_dir: Path, listen: str | None, log_format: str, log_level: str) -> None:
+def run(data_dir: Path, listen: str | None, database_url: str, log_format: str,
+        log_level: str) -> None:
     """Serve the agent gateway and the operator API over TLS."""
+    config = _load(data_dir, database_url)
     try:
-        config = ServerConfig.load(data_dir)
         if listen:
             config.listen = listen
             config.validate()
@@ -102,10 +138,35 @@ def run(data_dir: Path, listen: str | None, log_format: str, log_level: str) -> 
 
     try:
         asyncio.run(serve(config))
+    except StorageError as exc:
+        _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot serve on {config.listen}: {exc.strerror or exc}")
     except SecretError as exc:
         _fail(str(exc))
+
+
+@cli.command()
+@click.option("--data-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--database-url", default="", envvar="PORTHOLE_DATABASE_URL",
+              help=DATABASE_URL_HELP)
+def migrate(data_dir: Path, database_url: str) -> None:
+    """Bring the database schema to this version's newest revision (run also does this)."""
+    config = _load(data_dir, database_url)
+    _setup_logging("text", "INFO")
+
+    async def upgrade() -> str:
+        from server.storage import Repository
+
+        repo = await Repository.open(config.db_url)
+        await repo.close()
+        return repo.schema_revision
+
+    try:
+        revision = asyncio.run(upgrade())
+    except StorageError as exc:
+        _fail(str(exc))
+    click.echo(f"{safe_url(config.db_url)} is at schema revision {revision}")
 
 
 class _JsonFormatter(logging.Formatter):
@@ -120,6 +181,7 @@ def _setup_logging(fmt: str, level: str) -> None:
         "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler])
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # server.migrations says what ran
 
 
 def main() -> None:

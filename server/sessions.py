@@ -277,10 +277,9 @@ class SessionManager:
             if session.end_reason:
                 raw = encode(ChannelClose(message.channel, session.end_reason,
                                           message.exit_code, message.last_seq, message.detail))
-            if session.closed is not None:
-                return  # the channel already ended; this is an echo
-            await self._ended(session, message)
-            session.closed = message
+            if session.closed is None:  # a replayed close is forwarded, not ended again
+                await self._ended(session, message)
+                session.closed = message
         self._to_client(session, raw)
 
     async def _ended(self, session: Session, close: ChannelClose) -> None:

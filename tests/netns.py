@@ -5,7 +5,15 @@ from __future__ import annotations
 import subprocess
 import uuid
 
-_counter = iter(range(1, 250))
+
+def _free_subnet() -> int:
+    """A 10.213.K.0/30 that no interface of this host uses (another test run, or one that
+    was killed before it cleaned up, may hold some)."""
+    used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    for k in range(1, 255):
+        if f" 10.213.{k}.1/" not in used:
+            return k
+    raise RuntimeError("no free 10.213.K.0/30 subnet for a test host")
 
 
 def _run(*args: str) -> None:
@@ -18,7 +26,7 @@ class InstanceHost:
 
     def __init__(self, server_port: int) -> None:
         self.name = "ph" + uuid.uuid4().hex[:8]
-        k = next(_counter)
+        k = _free_subnet()
         self.host_ip, self.ip = f"10.213.{k}.1", f"10.213.{k}.2"
         self.server_port = server_port
         host_if, ns_if = f"vh{self.name[2:]}", f"vn{self.name[2:]}"

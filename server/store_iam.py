@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from server.db import StoreBase, clean_text, insert_ignore, metadata, upsert, write_lock
-from server.secrets import SecretError, is_sealed, repo_keyring
+from server.secrets import Keyring, SecretError, is_sealed, repo_keyring
 
 users = sa.Table(
     "users", metadata,
@@ -101,6 +101,14 @@ request_nonces = sa.Table(
     sa.Column("seen_at", sa.Float, nullable=False, index=True),
 )
 
+def _opens(keyring: Keyring, sealed: str, key_id: str) -> bool:
+    try:
+        keyring.open(sealed, key_id)
+    except SecretError:
+        return False
+    return True
+
+
 _ATTACH = {"user": (user_policies, "user_name"), "group": (group_policies, "group_name"),
            "role": (role_policies, "role_name")}
 
@@ -172,9 +180,18 @@ class IamStore(StoreBase):
             await conn.execute(access_keys.delete().where(access_keys.c.id == key_id))
 
     async def seal_plaintext_secrets(self) -> int:
-        """Seal secrets stored in the clear (databases from before sealing); returns how many."""
+        """Seal secrets stored in the clear (databases from before sealing); returns how many.
+
+        Raises SecretError if secrets are sealed but none opens with this master key: a server
+        sharing the database with others was started with another (or a new) master key, and
+        would lock every user out and write an audit chain that does not verify."""
         keyring = repo_keyring(self)
         rows = await self._all(sa.select(access_keys.c.id, access_keys.c.secret))
+        sealed = [r for r in rows if is_sealed(r["secret"])]
+        if sealed and not any(_opens(keyring, r["secret"], r["id"]) for r in sealed):
+            raise SecretError("the access key secrets in the database are sealed under another "
+                              "master key; give this server the deployment's master.key "
+                              "(copy it into the data dir, or set PORTHOLE_MASTER_KEY_FILE)")
         plain = [r for r in rows if not is_sealed(r["secret"])]
         async with self.engine.begin() as conn:
             for r in plain:

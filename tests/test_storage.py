@@ -30,7 +30,7 @@ from server.migrations import (
     head_revision,
     schema_differences,
 )
-from server.secrets import install_keyring
+from server.secrets import SecretError, install_keyring
 from server.storage import ActivationError, Repository, metadata
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -436,6 +436,23 @@ async def test_access_keys(repo: Repository) -> None:
     assert await repo.seal_plaintext_secrets() == 1
     assert (await repo.access_key("PHPLAIN0000000000"))["secret"] == "plain"
     assert await repo.seal_plaintext_secrets() == 0
+
+
+async def test_a_server_with_another_master_key_is_refused(repo: Repository,
+                                                            tmp_path: Path) -> None:
+    await repo.create_user("alice")
+    await repo.create_access_key("alice", "PHKEY00000000000A", "the-secret-a")
+    elsewhere = tmp_path / "other-replica"
+    elsewhere.mkdir()
+    other = await Repository.open(repo.engine.url.render_as_string(hide_password=False))
+    try:
+        with pytest.raises(SecretError, match="sealed under another master key"):
+            await install_keyring(elsewhere, other)  # a new master key made there
+        assert (await repo.access_key("PHKEY00000000000A"))["secret"] == "the-secret-a"
+        await install_keyring(tmp_path, other)  # the deployment's own key
+        assert (await other.access_key("PHKEY00000000000A"))["secret"] == "the-secret-a"
+    finally:
+        await other.close()
 
 
 async def test_policies_versions_and_attachments(repo: Repository) -> None:

@@ -273,13 +273,13 @@ class IamStore(StoreBase):
         now = time.time()
         async with self.engine.begin() as conn:
             await write_lock(conn)  # versions added at once get distinct numbers
-            row = (await conn.execute(sa.select(policies.c.next_version)
-                                      .where(policies.c.name == name)
-                                      .with_for_update())).first()
-            version = f"v{row[0]}"
+            number: int = (await conn.execute(sa.select(policies.c.next_version)
+                                              .where(policies.c.name == name)
+                                              .with_for_update())).scalar_one()
+            version = f"v{number}"
             await conn.execute(policy_versions.insert().values(
                 policy_name=name, version_id=version, document=document, created_at=now))
-            values: dict[str, Any] = {"next_version": row[0] + 1, "updated_at": now}
+            values: dict[str, Any] = {"next_version": number + 1, "updated_at": now}
             if set_default:
                 values["default_version"] = version
             await conn.execute(policies.update().where(policies.c.name == name).values(**values))

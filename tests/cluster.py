@@ -47,28 +47,22 @@ class Replica(Server):
 
 
 class Cluster:
-    """``size`` replicas r0, r1, … on one database and one NATS subject prefix of their
-    own. ``backend`` "postgresql" creates a database (dropped by :meth:`close`); "sqlite"
-    shares the first replica's file."""
+    """``size`` replicas r0, r1, … on a PostgreSQL database of their own (dropped by
+    :meth:`close`) and a NATS subject prefix of their own."""
 
-    def __init__(self, root: Path, size: int = 2, backend: str = "sqlite",
-                 **settings: Any) -> None:
+    def __init__(self, root: Path, size: int = 2, **settings: Any) -> None:
         self.prefix = "pht" + uuid.uuid4().hex[:12]
-        self.database = ""
+        self.database = f"porthole_t_{uuid.uuid4().hex}"
         settings = {"nats_url": NATS_URL, "nats_subject_prefix": self.prefix,
                     "replica_id": "r0", "heartbeat_interval": 2.0,
                     "agent_offline_after": 6.0, **settings}
-        init_args: tuple[str, ...] = ()
-        if backend == "postgresql":
-            self.database = f"porthole_t_{uuid.uuid4().hex}"
-            psql(f'CREATE DATABASE "{self.database}"')
-            init_args = ("--database-url", f"{POSTGRES}/{self.database}")
-        first = Server(root / "r0", init_args=init_args, **settings)
-        if backend == "sqlite":
-            with open(first.data_dir / "server.yaml") as f:
-                config = yaml.safe_load(f)
-            config["database_url"] = f"sqlite+aiosqlite:///{first.data_dir / 'porthole.db'}"
-            (first.data_dir / "server.yaml").write_text(yaml.safe_dump(config))
+        psql(f'CREATE DATABASE "{self.database}"')
+        try:
+            first = Server(root / "r0", init_args=("--database-url",
+                                                   f"{POSTGRES}/{self.database}"), **settings)
+        except BaseException:
+            psql(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            raise
         self.replicas: list[Server] = [first]
         for n in range(1, size):
             self.replicas.append(Replica(root / f"r{n}", first, f"r{n}"))
@@ -121,5 +115,4 @@ class Cluster:
     def close(self) -> None:
         for replica in self.replicas:
             replica.stop()
-        if self.database:
-            psql(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        psql(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')

@@ -19,9 +19,9 @@ from tests.test_e2e_sessions import finish, spawn_session
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["sqlite"])
-def cluster(request, tmp_path):
-    made = Cluster(tmp_path, size=3, backend=request.param)
+@pytest.fixture
+def cluster(tmp_path):
+    made = Cluster(tmp_path, size=3)
     try:
         yield made.start()
     finally:

@@ -77,12 +77,13 @@ class Bus:
         try:
             self._nc = nc = await nats.connect(
                 self.url, name=f"porthole-server {self.replica}", connect_timeout=5,
-                reconnect_time_wait=0.5, max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5, max_reconnect_attempts=1,
                 error_cb=self._error, disconnected_cb=self._disconnected,
                 reconnected_cb=self._reconnected)
         except (NoServersError, OSError, TimeoutError) as exc:
             raise BusError(f"cannot reach NATS at {self.url} ({exc or type(exc).__name__}); "
                            "check nats_url in server.yaml") from None
+        nc.options["max_reconnect_attempts"] = -1  # once up, ride out NATS restarts
         own = f"{self.prefix}.r.{self.replica}"
         await nc.subscribe(f"{own}.down.*", cb=self._on_down, pending_bytes_limit=256 << 20)
         await nc.subscribe(f"{own}.up.*", cb=self._on_up, pending_bytes_limit=256 << 20)
@@ -172,7 +173,8 @@ class Bus:
         self.alive[msg.data.decode(errors="replace")[:64]] = time.time()
 
     async def _error(self, exc: Exception) -> None:
-        log.warning("bus: %s", exc)
+        if self._announcer is not None:  # before that, start() reports in one line
+            log.warning("bus: %s", exc)
 
     async def _disconnected(self) -> None:
         log.warning("bus: disconnected from NATS; reconnecting")

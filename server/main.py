@@ -135,10 +135,11 @@ def run(data_dir: Path, listen: str | None, database_url: str, log_format: str,
         _fail(str(exc))
     _setup_logging(log_format, log_level)
     from server.app import serve
+    from server.bus import BusError
 
     try:
         asyncio.run(serve(config))
-    except StorageError as exc:
+    except (StorageError, BusError) as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot serve on {config.listen}: {exc.strerror or exc}")

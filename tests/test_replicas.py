@@ -8,6 +8,7 @@ import io
 import os
 import re
 import signal
+import subprocess
 import time
 
 import pytest
@@ -128,3 +129,24 @@ def test_presence_follows_a_dead_replica(cluster, tmp_path):
         if agent.proc is not None:
             os.kill(agent.proc.pid, signal.SIGCONT)
         agent.stop()
+
+
+def test_unreachable_nats_is_one_line_at_start(tmp_path):
+    from tests.harness import BIN, Server
+
+    server = Server(tmp_path, nats_url="nats://127.0.0.1:1")
+    result = subprocess.run([str(BIN / "porthole-server"), "run", "--data-dir",
+                             str(server.data_dir)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.startswith("porthole-server: cannot reach NATS at nats://127.0.0.1:1")
+    assert result.stderr.count("\n") == 1
+
+
+def test_bad_replica_settings_are_refused_with_the_key(tmp_path):
+    from tests.harness import BIN, Server
+
+    server = Server(tmp_path, replica_id="a.b")
+    result = subprocess.run([str(BIN / "porthole-server"), "run", "--data-dir",
+                             str(server.data_dir)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "replica_id 'a.b'" in result.stderr
+    assert result.stderr.count("\n") == 1

@@ -196,9 +196,11 @@ class Dispatcher:
                                                                          now)
             except FrequencyError:
                 following = None
-            await self.repo.add_tasks(inv["id"], [{"instance_id": iid, "repeat": repeat}
-                                                  for iid in targets],
-                                      repeats=repeat, next_run_at=following)
+            if not await self.repo.add_tasks(inv["id"], [{"instance_id": iid, "repeat": repeat}
+                                                         for iid in targets],
+                                             after_repeat=inv["repeats"], repeats=repeat,
+                                             next_run_at=following):
+                continue  # another replica fired this run
             log.info("scheduled run %d of %s on %d instances; next %s", repeat, inv["id"],
                      len(targets), following)
             await self.repo.audit(principal="system/scheduler", action="ecs:InvokeCommand",

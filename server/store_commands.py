@@ -317,9 +317,20 @@ class CommandStore(StoreBase):
         return changed
 
     async def add_tasks(self, invocation_id: str, rows: Sequence[dict[str, Any]],
-                        **invocation_values: Any) -> None:
+                        after_repeat: int | None = None, **invocation_values: Any) -> bool:
+        """Add tasks (and update the invocation) in one transaction. With ``after_repeat``,
+        only if the invocation's run count still is that: of several replicas firing the
+        same schedule at once, one wins (True) and the others add nothing (False)."""
         now = time.time()
         async with self.engine.begin() as conn:
+            if after_repeat is not None:
+                claimed = await conn.execute(
+                    invocations.update().where(invocations.c.id == invocation_id)
+                    .where(invocations.c.repeats == after_repeat)
+                    .values(**invocation_values))
+                if claimed.rowcount != 1:
+                    return False
+                invocation_values = {}
             if rows:
                 await conn.execute(invocation_results.insert(), [
                     {"invocation_id": invocation_id, "status": "Pending", "error_code": "",
@@ -329,6 +340,7 @@ class CommandStore(StoreBase):
                 await conn.execute(invocations.update()
                                    .where(invocations.c.id == invocation_id)
                                    .values(**invocation_values))
+        return True
 
     async def store_result(self, key: TaskKey, result: dict[str, Any]) -> bool:
         """Store a task's final result once; False if it was already final (a resend)."""

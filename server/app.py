@@ -89,7 +89,9 @@ async def _session_recording(request: web.Request) -> web.StreamResponse:
               services.gateway.instance_arn(row["region"], row["instance_id"]))
     path = services.config.path(row["recording"])
     if not path.exists():
-        raise ApiError(404, "RecordingNotFound", f"no recording of {row['id']} on this server")
+        home = row["replica"] if row["replica"] != services.gateway.replica else ""
+        raise ApiError(404, "RecordingNotFound", f"no recording of {row['id']} on this server"
+                       + (f"; it is kept by replica {home}: ask that replica" if home else ""))
     return web.FileResponse(path, headers={"Content-Type": "application/x-asciicast"})
 
 

@@ -99,6 +99,9 @@ class Cluster:
     def by_id(self, replica_id: str) -> Server:
         return self.replicas[int(replica_id[1:])]
 
+    def replica_id(self, replica: Server) -> str:
+        return f"r{self.replicas.index(replica)}"
+
     def others(self, replica_id: str) -> list[Server]:
         return [r for n, r in enumerate(self.replicas) if f"r{n}" != replica_id]
 

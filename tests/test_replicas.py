@@ -66,6 +66,15 @@ def test_operator_on_one_replica_reaches_an_agent_held_by_another(cluster, tmp_p
         # the sessions are listed on every replica
         sessions = r0.cli_json("sessions", "list")["Sessions"]
         assert {s["InstanceId"] for s in sessions} == {agent.instance_id}
+        # its recording is served by its home replica; another one names that replica
+        shell = next(s for s in sessions if "across" in s["CommandLine"])
+        cast = tmp_path / "session.cast"
+        r2.cli("sessions", "export", shell["SessionId"], "--file", str(cast))
+        assert "across-42" in cast.read_text()
+        elsewhere = r0.cli("sessions", "export", shell["SessionId"], "--file", str(cast),
+                           check=False)
+        assert elsewhere.returncode != 0
+        assert f"kept by replica {cluster.replica_id(r2)}" in elsewhere.stderr
         # a session homed on r2 ended from r1
         child = spawn_session(r2, agent.instance_id, "--command", "echo wait$((1+1))ing; sleep 60")
         child.expect("wait2ing")

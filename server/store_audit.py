@@ -7,10 +7,11 @@ chain; rewriting the whole chain needs the master key, which the database does n
 Removing entries from the end is caught by comparing with the last entry this server wrote,
 and with anchors (sequence number and hash) that a verifier remembered from earlier.
 
-Appends from several server processes (replicas on one database) are serialised: on
-PostgreSQL each appending transaction first takes an advisory lock, so the head it reads is
-still the head when it commits; on SQLite a writer that lost the race finds its sequence
-number taken (the primary key) and tries again on the new head.
+Appends from several server processes (replicas on one database) are serialised: each
+appending transaction first takes a lock (a PostgreSQL advisory lock, SQLite's write lock),
+so the head it reads is still the head when it commits. A writer that does not take it (a
+server of an older version during an upgrade) loses at worst a race: its sequence number is
+taken (the primary key), and it tries again on the new head.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from server.db import StoreBase, clean_text, metadata
+from server.db import StoreBase, clean_text, metadata, write_lock
 from server.secrets import constant_time_equal, repo_keyring
 
 GENESIS = "0" * 64
@@ -83,6 +84,7 @@ class AuditStore(StoreBase):
             for _attempt in range(50):  # another server writing at the same moment: retry
                 try:
                     async with self.engine.begin() as conn:
+                        await write_lock(conn)
                         if conn.dialect.name == "postgresql":
                             await conn.execute(sa.select(
                                 sa.func.pg_advisory_xact_lock(APPEND_LOCK)))

@@ -164,9 +164,12 @@ class FleetStore(StoreBase):
         stmt = sa.select(instances).where(instances.c.deregistered_at.is_(None))
         if region:
             stmt = stmt.where(instances.c.region == region)
-        if ids:
-            stmt = stmt.where(instances.c.id.in_(list(ids)))
-        return await self._all(stmt.order_by(instances.c.registered_at, instances.c.id))
+        if not ids:
+            return await self._all(stmt.order_by(instances.c.registered_at, instances.c.id))
+        wanted, rows = sorted(set(ids)), []
+        for start in range(0, len(wanted), 500):  # bound parameters per statement are limited
+            rows += await self._all(stmt.where(instances.c.id.in_(wanted[start:start + 500])))
+        return sorted(rows, key=lambda r: (r["registered_at"], r["id"]))
 
     async def mark_connected(self, instance_id: str, info: dict[str, str],
                              replica: str = "") -> None:

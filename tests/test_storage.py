@@ -353,6 +353,7 @@ async def test_connect_heartbeat_disconnect_and_replicas(repo: Repository) -> No
     assert await repo.deregister_instance(c) is False
     assert {i["id"] for i in await repo.list_instances()} == {a, b}
     assert {i["id"] for i in await repo.list_instances(ids=[a, c])} == {a}
+    assert [i["id"] for i in await repo.list_instances(ids=[*many, a, a])] == [a, b]
     assert (await repo.instance(c))["deregistered_at"] is not None
 
 

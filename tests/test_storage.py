@@ -179,6 +179,18 @@ async def test_a_fresh_database_is_not_taken_for_an_old_one(db_url: str) -> None
         await repo.close()
 
 
+async def test_a_schema_newer_than_the_server_is_one_clear_error(db_url: str) -> None:
+    repo = await Repository.open(db_url)
+    try:
+        async with repo.engine.begin() as conn:
+            await conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    finally:
+        await repo.close()
+    with pytest.raises(StorageError, match="revision 9999, which this porthole-server does "
+                                           "not know"):
+        await Repository.open(db_url)
+
+
 async def test_replicas_migrating_at_once_take_turns(db_url: str, tmp_path: Path) -> None:
     """Four server processes start against one new database at the same moment."""
     dirs = []

@@ -27,6 +27,8 @@ from alembic.operations import Operations
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from server.db import StorageError
+
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
@@ -77,6 +79,11 @@ def _upgrade(connection: sa.Connection) -> str:
     cfg = alembic_config(connection)
     tables = set(sa.inspect(connection).get_table_names())
     before = current_revision(connection) if "alembic_version" in tables else None
+    scripts = ScriptDirectory.from_config(cfg)
+    if before is not None and before not in {s.revision for s in scripts.walk_revisions()}:
+        raise StorageError(f"the database schema is at revision {before}, which this "
+                           f"porthole-server does not know (it knows up to "
+                           f"{scripts.get_current_head()}); run a newer porthole-server")
     if before is None and tables & set(_baseline_schema().tables):
         log.info("database from before migrations: completing and stamping it at %s",
                  BASELINE)
@@ -110,8 +117,9 @@ def _complete_to_baseline(connection: sa.Connection) -> None:
             if column.name in present:
                 continue
             if not (column.nullable or column.server_default is not None):
-                raise RuntimeError(f"table {table.name} lacks column {column.name}, which "
-                                   "cannot be added to existing rows")
+                raise StorageError(f"table {table.name} lacks column {column.name}, which "
+                                   "cannot be added to existing rows; the database is not "
+                                   "one porthole-server made")
             ops.add_column(table.name, column._copy())
         indexes = {i["name"] for i in inspector.get_indexes(table.name)}
         for index in table.indexes:

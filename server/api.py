@@ -46,6 +46,7 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     enum: tuple[str, ...] = ()
+    max_length: int | None = None
 
     def check(self, value: Any) -> Any:
         if not isinstance(value, _JSON_TYPES[self.type]) or (
@@ -56,6 +57,11 @@ class Param:
             isinstance(v, _JSON_TYPES[self.items]) for v in value
         ):
             raise invalid_parameter(self.name, f"must be an array of {self.items}s")
+        strings = value if self.type == "array" else [value] if self.type == "string" else []
+        if any("\x00" in v for v in strings if isinstance(v, str)):
+            raise invalid_parameter(self.name, "must not contain NUL characters")
+        if self.max_length is not None and len(value) > self.max_length:
+            raise invalid_parameter(self.name, f"must be at most {self.max_length} characters")
         if self.minimum is not None and value < self.minimum:
             raise invalid_parameter(self.name, f"must be at least {self.minimum:g}")
         if self.maximum is not None and value > self.maximum:
@@ -189,6 +195,8 @@ def openapi_document(version: str) -> dict[str, Any]:
             s["maximum"] = p.maximum
         if p.enum:
             s["enum"] = list(p.enum)
+        if p.max_length is not None:
+            s["maxLength"] = p.max_length
         return s
 
     error_ref = {"$ref": "#/components/schemas/Error"}

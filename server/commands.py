@@ -490,7 +490,9 @@ def decode_content(content: str, encoding: str, name: str = "CommandContent") ->
     """Plain text or base64 of UTF-8; raises ValueError with a one-line reason."""
     if encoding == "Base64":
         try:
-            return base64.b64decode(content, validate=True).decode()
+            content = base64.b64decode(content, validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             raise ValueError(f"{name} is not base64 of UTF-8 text") from None
+    if "\x00" in content:
+        raise ValueError(f"{name} must not contain NUL characters")
     return content

@@ -179,6 +179,14 @@ def test_wrong_types_traversal_and_unknown_actions(srv):
              "InvalidParameter.Anchors.1"),
             ("/api/v1/AssumeRole", {"RoleArn": "acs:ram::1:role/../x",
                                     "RoleSessionName": "s1"}, "InvalidParameter.RoleArn"),
+            # values no database column could hold
+            ("/api/v1/CreateUser", {"UserName": "nul\u0000byte"}, "InvalidParameter.UserName"),
+            ("/api/v1/CreateCommand", {"Name": "c", "Type": "RunShellScript",
+                                       "CommandContent": "echo", "WorkingDir": "/" * 1025},
+             "InvalidParameter.WorkingDir"),
+            ("/api/v1/CreateCommand", {"Name": "c", "Type": "RunShellScript",
+                                       "CommandContent": "echo \u0000"},
+             "InvalidParameter.CommandContent"),
         ]:
             _error(*post(path, json.dumps(body).encode()), 400, code)
         status, reply = post("/api/v1/..%2F..%2Fetc%2Fpasswd")

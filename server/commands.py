@@ -38,6 +38,7 @@ from proto.commands import (
 )
 from proto.ids import new_invocation_id
 from proto.messages import Message
+from server.batching import Coalesced
 from server.gateway import AgentLink, Gateway
 from server.scheduler import Dispatcher, parse_frequency
 from server.storage import FINAL_STATUSES, Repository
@@ -187,6 +188,11 @@ class CommandService:
         self._batch: list[tuple[AgentLink, TaskKey, TaskResult]] = []
         self._boots: dict[str, str] = {}
         """Last boot id seen per instance (the database has the same)."""
+        # Agents connecting together (a storm after a restart) share these queries.
+        self._active_tasks: Coalesced[list[dict[str, Any]]] = Coalesced(
+            repo.active_tasks_of_instances, [])
+        self._stored_boots: Coalesced[str | None] = Coalesced(repo.instance_boot_ids, None)
+        self._new_boots: Coalesced[list[dict[str, Any]]] = Coalesced(self._record_boots, [])
         self._flusher: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         gateway.handlers[TaskResult] = self._on_result
@@ -311,7 +317,7 @@ class CommandService:
         """Re-send what the agent may have missed: tasks marked running, stops requested.
         The agent ignores tasks it already has, so a repeat is harmless."""
         invs: dict[str, dict[str, Any] | None] = {}
-        for t in await self.repo.active_tasks_of_instance(link.instance_id):
+        for t in await self._active_tasks.get(link.instance_id):
             key = (t["invocation_id"], t["instance_id"], t["repeat"])
             if t["status"] == "Stopping":
                 await self._send(link.instance_id, TaskStop(task_id(key[0], key[2])))
@@ -331,15 +337,13 @@ class CommandService:
         boot_id = message.boot_id[:64]
         if self._boots.get(link.instance_id) == boot_id:
             return  # a reconnection, not a reboot: nothing to write or to start
-        if link.instance_id not in self._boots:
-            known = await self.repo.instance_boot_ids([link.instance_id])
-            if known.get(link.instance_id) == boot_id:
-                self._boots[link.instance_id] = boot_id
-                return
+        if link.instance_id not in self._boots \
+                and await self._stored_boots.get(link.instance_id) == boot_id:
+            self._boots[link.instance_id] = boot_id
+            return
         self._boots[link.instance_id] = boot_id
-        await self.repo.record_boot(link.instance_id, boot_id)
         fired = 0
-        for target in await self.repo.reboot_targets(link.instance_id):
+        for target in await self._new_boots.get(link.instance_id):
             if not target["boot_id"]:
                 await self.repo.update_target(target["invocation_id"], link.instance_id,
                                               boot_id=boot_id)
@@ -360,6 +364,11 @@ class CommandService:
                                   detail=f"instance rebooted (boot id {boot_id}): "
                                          f"{fired} reboot invocations started")
             self.dispatcher.wake()
+
+    async def _record_boots(self, instance_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Store the new boot ids (from _boots) of these instances; their reboot targets."""
+        await self.repo.record_boots({iid: self._boots[iid] for iid in instance_ids})
+        return await self.repo.reboot_targets_of(instance_ids)
 
     def _key(self, link: AgentLink, tid: str) -> TaskKey | None:
         if not is_task_id(tid):

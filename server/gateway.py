@@ -32,6 +32,7 @@ from proto.messages import (
     decode,
     encode,
 )
+from server.batching import PresenceWriter, instance_lookup
 from server.bus import Bus
 from server.config import ServerConfig
 from server.errors import ApiError
@@ -41,6 +42,9 @@ from server.storage import ActivationError, Repository
 log = logging.getLogger("porthole.gateway")
 
 HANDSHAKE_TIMEOUT = 10.0
+MAX_HANDSHAKES = 200
+"""Agent handshakes in progress at once; more wait up to ADMISSION_WAIT, then get a 503."""
+ADMISSION_WAIT = 5.0
 ROUTE_CACHE_SECONDS = 2.0
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY = 1008
@@ -99,6 +103,9 @@ class Gateway:
         """Called after an agent authenticated (e.g. to deliver what waited for it)."""
         self._sweeper: asyncio.Task[None] | None = None
         self.replica = config.replica
+        self.presence = PresenceWriter(repo, config.replica)
+        self.instances = instance_lookup(repo)
+        self._handshakes = asyncio.Semaphore(MAX_HANDSHAKES)
         self.bus: Bus | None = None
         """Set when this server is one of several replicas (see server.bus)."""
         self._remote: dict[str, tuple[RemoteLink | None, float]] = {}
@@ -142,6 +149,7 @@ class Gateway:
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep())
+        self.presence.start()
 
     async def _sweep(self) -> None:
         """Drop agents whose heartbeats stopped, even if their TCP connection looks alive."""
@@ -206,18 +214,31 @@ class Gateway:
     def instance_arn(self, region: str, instance_id: str) -> str:
         return f"acs:ecs:{region}:{self.config.account_id}:instance/{instance_id}"
 
-    async def connect(self, request: web.Request) -> web.WebSocketResponse:
+    async def connect(self, request: web.Request) -> web.StreamResponse:
         """GET /agent/v1/connect: one agent's WebSocket for its whole life."""
+        if not await self._admit():
+            return web.Response(status=503, headers={"Retry-After": "10"},
+                                text="too many agents are connecting at once; retry later")
         ws = web.WebSocketResponse(
             heartbeat=self.config.heartbeat_interval, compress=False, max_msg_size=MAX_FRAME_SIZE
         )
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            self._handshakes.release()
+            raise
         peer = request.remote or "?"
         link: AgentLink | None = None
         try:
-            link = await asyncio.wait_for(self._handshake(ws, peer), HANDSHAKE_TIMEOUT)
+            try:
+                link = await asyncio.wait_for(self._handshake(ws, peer), HANDSHAKE_TIMEOUT)
+            finally:
+                self._handshakes.release()
             if link is None:
                 return ws
+            # Not under the handshake's timeout: the agent is in, however busy the server is.
+            for on_connect in self.connect_handlers:
+                await on_connect(link)
             await self._serve(link)
         except ProtocolError as exc:
             log.warning("agent %s from %s: protocol error: %s; closing its connection",
@@ -231,13 +252,25 @@ class Gateway:
         finally:
             if link is not None and self.links.get(link.instance_id) is link:
                 del self.links[link.instance_id]
-                await self.repo.mark_disconnected(link.instance_id, self.replica)
+                self.presence.disconnected(link.instance_id)
                 if self.bus is not None:
                     await self.bus.gone(link.instance_id)
                 for on_disconnect in self.disconnect_handlers:
                     await on_disconnect(link.instance_id)
                 log.info("agent %s disconnected", link.instance_id)
         return ws
+
+    async def _admit(self) -> bool:
+        """A place among the handshakes in progress, waited for a little. A crowd of agents
+        dialling at once (after a restart) is served a bounded number at a time, each fast,
+        the rest told to come back (they back off with jitter), instead of all progressing
+        so slowly together that every handshake times out and is tried again."""
+        try:
+            async with asyncio.timeout(ADMISSION_WAIT):
+                await self._handshakes.acquire()
+        except TimeoutError:
+            return False
+        return True
 
     async def _receive(self, ws: web.WebSocketResponse) -> Message | None:
         frame = await self._receive_raw(ws)
@@ -258,7 +291,7 @@ class Gateway:
         if not isinstance(hello, Hello):
             raise ProtocolError(f"expected hello, got {hello.TYPE}", "UnexpectedMessage")
         version = negotiate(PROTOCOL_VERSIONS, hello.versions)
-        instance = await self.repo.instance(hello.instance_id) if is_instance_id(
+        instance = await self.instances.get(hello.instance_id) if is_instance_id(
             hello.instance_id) else None
         if instance is None:
             return await self._refuse(ws, peer, hello.instance_id, "InstanceNotFound",
@@ -289,14 +322,14 @@ class Gateway:
         if old is not None:
             log.info("agent %s reconnected; closing its previous connection", link.instance_id)
             await old.ws.close(code=CLOSE_POLICY, message=b"replaced by a newer connection")
-        await self.repo.mark_connected(link.instance_id, {
+        report = {
             "hostname": hello.hostname[:256], "platform": hello.platform[:64],
             "os_name": hello.os_name[:256], "agent_version": hello.agent_version[:64],
-        }, self.replica)
+        }
+        self.presence.connected(link.instance_id, {  # written soon, in a batch
+            k: v for k, v in report.items() if instance[k] != v})
         await link.send(Welcome(self.config.heartbeat_interval, time.time()))
         log.info("agent %s connected from %s (protocol %d)", link.instance_id, peer, version)
-        for on_connect in self.connect_handlers:
-            await on_connect(link)
         return link
 
     async def _refuse(
@@ -321,7 +354,7 @@ class Gateway:
             elif isinstance(message, Heartbeat):
                 link.last_heartbeat = time.time()
                 await link.send(HeartbeatAck(message.seq))
-                await self.repo.mark_heartbeat(link.instance_id)
+                self.presence.heartbeat(link.instance_id)
             elif isinstance(message, Error):
                 log.warning("agent %s reports %s: %s", link.instance_id, message.code,
                             message.message)
@@ -338,8 +371,14 @@ class Gateway:
     async def close_all(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for link in list(self.links.values()):
-            await link.ws.close(code=1012, message=b"server restarting")
+        # All at once: one by one, each waiting for its agent's close frame, ten thousand
+        # agents would take longer than a service manager waits for a stop.
+        await asyncio.gather(*(link.ws.close(code=1012, message=b"server restarting")
+                               for link in list(self.links.values())), return_exceptions=True)
+        deadline = time.monotonic() + 2
+        while self.links and time.monotonic() < deadline:  # their handlers finishing
+            await asyncio.sleep(0.05)
+        await self.presence.close()
 
 
 async def _send_error(ws: web.WebSocketResponse, code: str, message: str) -> None:

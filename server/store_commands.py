@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -292,6 +292,19 @@ class CommandStore(StoreBase):
                                .where(t.instance_id == instance_id)
                                .where(t.status.in_(["Running", "Stopping"])))
 
+    async def active_tasks_of_instances(self, instance_ids: Sequence[str]
+                                        ) -> dict[str, list[dict[str, Any]]]:
+        """active_tasks_of_instance for many instances (those with none are left out)."""
+        t = invocation_results.c
+        tasks: dict[str, list[dict[str, Any]]] = {}
+        for part in _chunks(sorted(set(instance_ids)), 500):
+            for row in await self._all(
+                    sa.select(t.invocation_id, t.instance_id, t.repeat, t.status)
+                    .where(t.instance_id.in_(list(part)))
+                    .where(t.status.in_(["Running", "Stopping"]))):
+                tasks.setdefault(row["instance_id"], []).append(row)
+        return tasks
+
     async def overdue_running_tasks(self, now: float) -> list[dict[str, Any]]:
         """Running tasks whose result is overdue by more than their delivery timeout."""
         t, i = invocation_results.c, invocations.c
@@ -467,6 +480,34 @@ class CommandStore(StoreBase):
             await upsert(conn, instance_boots,
                          {"instance_id": instance_id, "boot_id": boot_id, "reported_at": now},
                          {"boot_id": boot_id, "reported_at": now})
+
+    async def record_boots(self, boots: Mapping[str, str]) -> None:
+        """record_boot for many instances (id: boot id) in one transaction, a few
+        statements for hundreds of rows."""
+        now = time.time()
+        rows = [{"instance_id": iid, "boot_id": boot, "reported_at": now}
+                for iid, boot in sorted(boots.items())]
+        async with self.engine.begin() as conn:
+            for part in _chunks(rows, 300):
+                await conn.execute(instance_boots.delete().where(
+                    instance_boots.c.instance_id.in_([r["instance_id"] for r in part])))
+                await conn.execute(instance_boots.insert().values(list(part)))
+
+    async def reboot_targets_of(self, instance_ids: Sequence[str]
+                                ) -> dict[str, list[dict[str, Any]]]:
+        """reboot_targets for many instances (those with none are left out)."""
+        g, i = invocation_targets.c, invocations.c
+        targets: dict[str, list[dict[str, Any]]] = {}
+        for part in _chunks(sorted(set(instance_ids)), 500):
+            for row in await self._all(
+                    sa.select(g.instance_id, g.invocation_id, g.boot_id, i.repeat_mode)
+                    .join(invocations, i.id == g.invocation_id)
+                    .where(g.instance_id.in_(list(part))).where(g.done.is_(False))
+                    .where(i.repeat_mode.in_(list(REBOOT_MODES)))
+                    .where(i.stop_requested_at.is_(None))):
+                iid = row.pop("instance_id")
+                targets.setdefault(iid, []).append(row)
+        return targets
 
     async def reboot_targets(self, instance_id: str) -> list[dict[str, Any]]:
         """Reboot-triggered invocations still waiting on this instance."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -189,6 +189,39 @@ class FleetStore(StoreBase):
         async with self.engine.begin() as conn:
             await conn.execute(instances.update().where(instances.c.id == instance_id)
                                .where(instances.c.replica == replica).values(connected=False))
+
+    async def mark_presence(self, connected: Mapping[str, Mapping[str, str]],
+                            disconnected: Collection[str], heartbeats: Collection[str],
+                            replica: str = "") -> None:
+        """Many agents at once, in one transaction: ``connected`` (id: what changed in its
+        report, often nothing) as mark_connected, ``disconnected`` as mark_disconnected,
+        ``heartbeats`` as mark_heartbeat. An id belongs in at most one of connected and
+        disconnected."""
+        now = time.time()
+        c = instances.c
+        async with self.engine.begin() as conn:
+            same = sorted(iid for iid, info in connected.items() if not info)
+            for start in range(0, len(same), 500):  # one statement for many rows
+                await conn.execute(instances.update().where(c.id.in_(same[start:start + 500]))
+                                   .values(connected=True, last_heartbeat=now, replica=replica))
+            by_keys: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for iid, info in connected.items():
+                if info:
+                    report = fit(instances, info)
+                    by_keys.setdefault(tuple(sorted(report)), []).append(
+                        {"b_id": iid, **{f"b_{k}": v for k, v in report.items()}})
+            for keys, rows in by_keys.items():
+                stmt = instances.update().where(c.id == sa.bindparam("b_id")).values(
+                    connected=True, last_heartbeat=now, replica=replica,
+                    **{k: sa.bindparam(f"b_{k}") for k in keys})
+                await conn.execute(stmt, rows)
+            gone, beats = sorted(disconnected), sorted(heartbeats)
+            for start in range(0, len(gone), 500):
+                await conn.execute(instances.update().where(c.id.in_(gone[start:start + 500]))
+                                   .where(c.replica == replica).values(connected=False))
+            for start in range(0, len(beats), 500):
+                await conn.execute(instances.update().where(c.id.in_(beats[start:start + 500]))
+                                   .values(last_heartbeat=now))
 
     async def deregister_instance(self, instance_id: str) -> bool:
         async with self.engine.begin() as conn:

@@ -1,8 +1,9 @@
 """Agents per server process: N agents against one porthole-server, measured.
 
 Starts a throwaway porthole-server, registers N agents through its HTTP endpoint, and runs
-them with the agent's real connection code (agent.connection.Agent), about 2,000 per worker
-process, each dialling from one of 127.0.0.2 … 127.0.0.51. It prints:
+them with the agent's real code (agent.connection.Agent and agent.commands.CommandRunner, as
+``porthole-agent run`` does), about 2,000 per worker process, each dialling from one of
+127.0.0.2 … 127.0.0.51. It prints:
 
 - the connect storm: seconds until the server counts all N connected (every agent starts at
   once; the agents' own backoff deals with refusals and timeouts), with the server's RSS
@@ -12,8 +13,11 @@ process, each dialling from one of 127.0.0.2 … 127.0.0.51. It prints:
 - after SIGTERM and a restart on the same port, the seconds until 50, 90, 99 and 100 % of
   the agents are back.
 
-Client and server share the machine; workers run at nice 10 so that the server gets the CPU
-it would have on a machine of its own.
+Client and server share the machine, so the bench keeps its own agents from measuring
+themselves: the worker processes run at nice 10 (``--nice``), so that the server gets the CPU
+it would have on a machine of its own, and each lets at most ``--opening`` (100) of its agents
+open a connection at a time (real agents have a CPU each; 2,000 handshakes at once on one
+shared core would time out on the client's side).
 
 ``.venv/bin/python bench/agents.py [--agents 10000] [--workers W] [--heartbeat S]
 [--plot bench/results/agents.png]``
@@ -55,10 +59,13 @@ MIB = 1024 * 1024
 # --- worker --------------------------------------------------------------------------------
 
 
-def worker(listing: Path, offset: int, lifetime: float) -> None:
+def worker(listing: Path, offset: int, lifetime: float, opening: int) -> None:
+    from agent.commands import CommandRunner  # as porthole-agent run: boot report, spool
+
     logging.basicConfig(level="WARNING", format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("websockets").setLevel(logging.ERROR)
-    run_agents(read_listing(listing), offset, lifetime=lifetime)
+    run_agents(read_listing(listing), offset, CommandRunner, lifetime=lifetime,
+               opening=opening)
 
 
 # --- driver --------------------------------------------------------------------------------
@@ -108,16 +115,23 @@ def stop_server(server: BenchServer, timeout: float = 120) -> float:
     return time.monotonic() - t0
 
 
-def log_lines(path: Path, needle: str) -> int:
+def log_lines(path: Path, needle: str, start: int = 0) -> int:
+    """Lines with ``needle`` in a log from byte ``start`` on."""
     try:
-        with path.open(errors="replace") as f:
-            return sum(needle in line for line in f)
+        with path.open("rb") as f:
+            f.seek(start)
+            return sum(needle.encode() in line for line in f)
     except OSError:
         return 0
 
 
+def log_size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
 def run(root: Path, n: int, workers_n: int, heartbeat: float, idle_seconds: float,
-        plot: Path | None, storm_timeout: float, restart_timeout: float) -> None:
+        plot: Path | None, storm_timeout: float, restart_timeout: float, opening: int,
+        nice: int) -> None:
     limit = raise_open_files(max(65536, n + 4096))
     low, high = port_range()
     print(f"{n} agents, {workers_n} worker processes, RLIMIT_NOFILE {limit}, "
@@ -129,36 +143,42 @@ def run(root: Path, n: int, workers_n: int, heartbeat: float, idle_seconds: floa
     server = BenchServer(root, heartbeat_interval=heartbeat, agent_offline_after=heartbeat * 3)
     server.start()
     assert server.proc is not None
+    print(f"server pid {server.proc.pid}, {server.url}, data in {root}", flush=True)
     workers: list[subprocess.Popen[bytes]] = []
     lifetime = storm_timeout + restart_timeout + idle_seconds + 600
     try:
-        activation = server.cli_json("activation", "create", "--region", "local", "--count",
-                                     str(n), "--expires", "24h")
         dirs = [root / "agents" / f"a{i:05d}" for i in range(n)]
+        todo = [d for d in dirs if not (d / "agent.json").exists()]
         t0 = time.monotonic()
-        register_many(server, activation, dirs, threads=8)
-        print(f"registered {n} agents in {time.monotonic() - t0:.1f} s "
-              "(real HTTP endpoint, 8 at a time)", flush=True)
+        register_many(server, todo, threads=8)
+        print(f"registered {len(todo)} agents in {time.monotonic() - t0:.1f} s "
+              f"(real HTTP endpoint, 8 at a time; {n - len(todo)} from an earlier run)",
+              flush=True)
 
         rss_before = proc_rss(server.proc.pid)
+        cpu_before = proc_cpu(server.proc.pid)
+        log_start = log_size(server.log_path)
         sampler = Sampler(server)
         t0 = time.monotonic()
         per = math.ceil(n / workers_n)
         for w, start in enumerate(range(0, n, per)):
             workers.append(start_worker(
                 __file__, root / f"worker-{w}.txt", dirs[start:start + per], start,
-                root / f"worker-{w}.log", ["--lifetime", str(lifetime)], nice=10))
+                root / f"worker-{w}.log",
+                ["--lifetime", str(lifetime), "--opening", str(opening)], nice=nice))
         storm = sampler.until(n, storm_timeout, t0)
+        storm_cpu = proc_cpu(server.proc.pid) - cpu_before
         worker_logs = [root / f"worker-{w}.log" for w in range(len(workers))]
         failed = sum(log_lines(p, "failed:") for p in worker_logs)
-        timeouts = log_lines(server.log_path, "handshake timed out")
+        timeouts = log_lines(server.log_path, "handshake timed out", log_start)
         if storm is None:
             got = sampler.samples[-1][1] if sampler.samples else 0
             print(f"connect storm: only {got} of {n} connected after {storm_timeout:.0f} s")
         else:
             print(f"connect storm: all {n} connected in {storm:.1f} s "
                   f"({failed} failed attempts retried by the agents, "
-                  f"{timeouts} server handshake timeouts)", flush=True)
+                  f"{timeouts} server handshake timeouts); server CPU {storm_cpu:.1f} s, "
+                  f"{storm_cpu / n * 1000:.1f} ms per agent", flush=True)
         steps = [(k * n // 10, first_at(sampler.samples, k * n // 10)) for k in range(1, 11)]
         print("  connected   after   server RSS")
         for count, t in steps:
@@ -194,7 +214,7 @@ def run(root: Path, n: int, workers_n: int, heartbeat: float, idle_seconds: floa
 
         summary = {
             "agents": n, "workers": len(workers), "heartbeat": heartbeat, "storm_s": storm,
-            "failed_attempts": failed, "handshake_timeouts": timeouts,
+            "failed_attempts": failed, "handshake_timeouts": timeouts, "storm_cpu_s": storm_cpu,
             "rss_before_mib": rss_before / MIB, "rss_after_mib": rss_after / MIB,
             "rss_per_agent_kib": (rss_after - rss_before) / n / 1024,
             "idle_cpu_percent": idle_cpu, "shutdown_s": down,
@@ -251,26 +271,31 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--storm-timeout", type=float, default=600.0)
     parser.add_argument("--restart-timeout", type=float, default=300.0)
+    parser.add_argument("--opening", type=int, default=100,
+                        help="connections each worker process opens at a time (0: no limit)")
+    parser.add_argument("--nice", type=int, default=10,
+                        help="run the agent processes this much below the server's priority")
     parser.add_argument("--plot", type=Path, help="write a PNG: RSS against agents, and the "
                         "reconnection curve")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--data", type=Path, help="keep the server's data and the agents "
+                        "here, and use those of an earlier run found there")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--lifetime", type=float, default=3600.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.offset, args.lifetime)
+        worker(args.worker, args.offset, args.lifetime, args.opening)
         return
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what was started
     workers_n = args.workers or max(1, math.ceil(args.agents / PER_WORKER))
-    if args.keep:
-        root = Path(tempfile.mkdtemp(prefix="porthole-agents-"))
-        print(f"keeping {root}")
-        run(root, args.agents, workers_n, args.heartbeat, args.idle_seconds, args.plot,
-            args.storm_timeout, args.restart_timeout)
+    if args.data:
+        args.data.mkdir(parents=True, exist_ok=True)
+        run(args.data.resolve(), args.agents, workers_n, args.heartbeat, args.idle_seconds,
+            args.plot, args.storm_timeout, args.restart_timeout, args.opening, args.nice)
         return
     with tempfile.TemporaryDirectory(prefix="porthole-agents-") as tmp:
         run(Path(tmp), args.agents, workers_n, args.heartbeat, args.idle_seconds, args.plot,
-            args.storm_timeout, args.restart_timeout)
+            args.storm_timeout, args.restart_timeout, args.opening, args.nice)
 
 
 if __name__ == "__main__":

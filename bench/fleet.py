@@ -8,6 +8,7 @@ tens of thousands of loopback connections never run out of ephemeral ports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import resource
@@ -55,6 +56,16 @@ def raise_open_files(want: int = 65536) -> int:
     return soft
 
 
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the process that started it dies."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def port_range() -> tuple[int, int]:
     low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
     return int(low), int(high)
@@ -68,15 +79,35 @@ class BenchServer(Server):
     registered against this one must find it again after a restart)."""
 
     def __init__(self, root: Path, log_level: str = "INFO", **settings: Any) -> None:
-        super().__init__(root, **settings)
         self.log_level = log_level
+        if not (root / "server" / "server.yaml").exists():
+            super().__init__(root, **settings)
+            return
+        # a data directory of an earlier run (its agents registered against its port)
+        import json
+
+        import yaml
+
+        self.data_dir = root / "server"
+        config_file = self.data_dir / "server.yaml"
+        config = yaml.safe_load(config_file.read_text())
+        config.update(settings)
+        config_file.write_text(yaml.safe_dump(config))
+        host, _, port = config["listen"].rpartition(":")
+        self.port = int(port)
+        self.url = f"https://{host}:{self.port}"
+        self.log_path = root / "server.log"
+        self.proc = None
+        self.agents_depend = True
+        self.admin = json.loads((self.data_dir / "admin.json").read_text())
+        self.ca_file = self.data_dir / "ca.pem"
 
     def start(self) -> BenchServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
             [str(BIN / "porthole-server"), "run", "--data-dir", str(self.data_dir),
              "--log-level", self.log_level],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         wait_for(self.healthy, 60, "server health")
         return self
 
@@ -106,18 +137,32 @@ def proc_cpu(pid: int) -> float:
 # --- registration --------------------------------------------------------------------------
 
 
-def register_many(server: Server, activation: dict[str, Any], directories: Sequence[Path],
-                  region: str = "local", threads: int = 8) -> list[str]:
+ACTIVATION_LIMIT = 1000
+"""The most registrations one activation allows."""
+
+
+def activations(server: Server, count: int, region: str = "local") -> list[dict[str, Any]]:
+    """Enough activations for ``count`` registrations."""
+    return [server.cli_json("activation", "create", "--region", region, "--count",
+                            str(min(ACTIVATION_LIMIT, count - start)), "--expires", "24h")
+            for start in range(0, count, ACTIVATION_LIMIT)]
+
+
+def register_many(server: Server, directories: Sequence[Path], region: str = "local",
+                  threads: int = 8) -> list[str]:
     """Register one agent per directory through the real HTTP endpoint, several at a time;
     returns the instance ids in the same order."""
     from agent.register import register
 
-    def one(d: Path) -> str:
-        return register(server.url, server.ca_file, activation["ActivationId"],
-                        activation["ActivationCode"], region, d)
+    acts = activations(server, len(directories), region)
+
+    def one(i: int) -> str:
+        act = acts[i // ACTIVATION_LIMIT]
+        return register(server.url, server.ca_file, act["ActivationId"],
+                        act["ActivationCode"], region, directories[i])
 
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(one, directories))
+        return list(pool.map(one, range(len(directories))))
 
 
 # --- workers: many agents in one process ---------------------------------------------------
@@ -127,25 +172,48 @@ AgentSetup = Callable[[Any], None]
 """Called with each agent.connection.Agent before it starts (e.g. to add command handlers)."""
 
 
+class _Gated:
+    """``async with connect(...)`` that waits for a slot of ``gate`` while opening."""
+
+    def __init__(self, opening: Any, gate: asyncio.Semaphore) -> None:
+        self.opening = opening
+        self.gate = gate
+
+    async def __aenter__(self) -> Any:
+        async with self.gate:
+            return await self.opening.__aenter__()
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self.opening.__aexit__(*exc)
+
+
 def run_agents(directories: Sequence[Path], offset: int, setup: AgentSetup | None = None,
-               per_second: float = 0.0, lifetime: float = 3600.0) -> None:
+               per_second: float = 0.0, lifetime: float = 3600.0, opening: int = 0) -> None:
     """Run one agent per state directory in this process until the parent process goes away
     or ``lifetime`` seconds have passed. Agent ``i`` dials from ``source_address(offset+i)``.
-    ``per_second`` > 0 spreads the starts; 0 starts them all at once."""
+    ``per_second`` > 0 spreads the starts; 0 starts them all at once. ``opening`` > 0 lets
+    at most that many agents of this process open their connection (TCP, TLS and WebSocket
+    handshakes) at a time: real agents each have a CPU of their own, these share one, and
+    without a limit they would time out on their own side, not the server's."""
     import agent.connection as connection
     from agent.config import AgentConfig
     from agent.state import AgentState
 
     source: contextvars.ContextVar[str] = contextvars.ContextVar("source")
     real_connect = connection.connect
+    gate: asyncio.Semaphore | None = None
 
     def connect_from(*args: Any, **kwargs: Any) -> Any:
-        return real_connect(*args, local_addr=(source.get(), 0), **kwargs)
+        opening_ = real_connect(*args, local_addr=(source.get(), 0), **kwargs)
+        return _Gated(opening_, gate) if gate is not None else opening_
 
     connection.connect = connect_from  # type: ignore[assignment]
     parent = os.getppid()
 
     async def main() -> None:
+        nonlocal gate
+        if opening > 0:
+            gate = asyncio.Semaphore(opening)
         tasks = []
         started = time.monotonic()
         for i, d in enumerate(directories):
@@ -168,17 +236,19 @@ def run_agents(directories: Sequence[Path], offset: int, setup: AgentSetup | Non
 def start_worker(script: str, listing: Path, directories: Sequence[Path], offset: int,
                  log_path: Path, extra: Sequence[str] = (), nice: int = 0
                  ) -> subprocess.Popen[bytes]:
-    """Start ``script --worker LISTING --offset OFFSET [extra]`` for these state directories."""
+    """Start ``script --worker LISTING --offset OFFSET [extra]`` for these state directories,
+    ``nice`` steps below this process's priority."""
     listing.write_text("\n".join(str(d) for d in directories))
     log = open(log_path, "wb")  # noqa: SIM115 - owned by the process
 
-    def lower_priority() -> None:
+    def prepare() -> None:
+        die_with_parent()
         if nice:
             os.nice(nice)
 
     return subprocess.Popen(
         [sys.executable, script, "--worker", str(listing), "--offset", str(offset), *extra],
-        stdout=log, stderr=subprocess.STDOUT, preexec_fn=lower_priority,
+        stdout=log, stderr=subprocess.STDOUT, preexec_fn=prepare,
         env={**os.environ, "PYTHONPATH": str(REPO)})
 
 

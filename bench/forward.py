@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.session import leave_on_signals  # noqa: E402
 from tests.harness import BIN, Agent, Server, free_port, wait_for  # noqa: E402
 from tests.sshd import Sshd  # noqa: E402
 
@@ -304,10 +305,6 @@ def run(root: Path, args: argparse.Namespace) -> list[Row]:
     ]
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=256, metavar="N",
@@ -320,8 +317,7 @@ def main() -> int:
     if os.geteuid() != 0:
         parser.error("run as root: sshd and the agent's copies need it")
     began = time.monotonic()
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # leave through the finally blocks
-        signal.signal(sig, _exit_on_signal)
+    leave_on_signals()
     with tempfile.TemporaryDirectory(prefix="porthole-bench-", dir="/tmp") as tmp:
         rows = run(Path(tmp), args)
     print(table(rows))

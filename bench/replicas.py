@@ -11,9 +11,6 @@ Run as root: ``.venv/bin/python bench/replicas.py [--keystrokes 300] [--bytes 10
 
 from __future__ import annotations
 
-import argparse
-import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -24,7 +21,15 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.session import Figures, ensure_sshd, measure, openssh, p99  # noqa: E402
+from bench.session import (  # noqa: E402
+    Figures,
+    ensure_sshd,
+    leave_on_signals,
+    measure,
+    openssh,
+    p99,
+    session_arguments,
+)
 from tests.cluster import Cluster  # noqa: E402
 from tests.harness import BIN  # noqa: E402
 
@@ -43,21 +48,10 @@ def table(rows: list[tuple[str, Figures]], ssh: Figures, count: int, mib: int) -
     return "\n".join(lines)
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keystrokes", type=int, default=300, help="round trips to time")
-    parser.add_argument("--bytes", type=int, default=100, metavar="MB",
-                        help="MiB of zeros to base64 for the bulk test")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        parser.error("run as root: the agent starts sessions as porthole-user")
+    args = session_arguments(__doc__.splitlines()[0])
     began = time.monotonic()
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # leave through the finally blocks
-        signal.signal(sig, _exit_on_signal)
+    leave_on_signals()
     sshd = ensure_sshd()
     with tempfile.TemporaryDirectory(prefix="porthole-bench-") as tmp:
         root = Path(tmp)

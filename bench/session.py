@@ -292,17 +292,29 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def leave_on_signals() -> None:
+    """SIGTERM and SIGHUP leave through the finally blocks, which stop what the bench
+    started."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
+
+
+def session_arguments(description: str) -> argparse.Namespace:
+    """--keystrokes and --bytes, for a run as root."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--keystrokes", type=int, default=300, help="round trips to time")
     parser.add_argument("--bytes", type=int, default=100, metavar="MB",
                         help="MiB of zeros to base64 for the bulk test")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("run as root: the agent starts sessions as porthole-user")
+    return args
+
+
+def main() -> int:
+    args = session_arguments(__doc__.splitlines()[0])
     began = time.monotonic()
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # leave through the finally blocks
-        signal.signal(sig, _exit_on_signal)
+    leave_on_signals()
     sshd = ensure_sshd()
     with tempfile.TemporaryDirectory(prefix="porthole-bench-") as tmp:
         root = Path(tmp)

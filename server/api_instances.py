@@ -64,12 +64,11 @@ async def describe_activations(ctx: Context, p: dict[str, Any]) -> dict[str, Any
 
 def _instance_view(ctx: Context, row: dict[str, Any]) -> dict[str, Any]:
     gateway = ctx.services.gateway
-    online = gateway.link(row["id"]) is not None
+    here = gateway.link(row["id"]) is not None
+    online = here or bool(row["connected"] and gateway.live_other(row["replica"]))
     extra: dict[str, Any] = {}
-    if gateway.bus is not None:  # replicas: the database knows who holds the agent
-        online = online or bool(row["connected"] and row["replica"]
-                                and not gateway.bus.dead_replicas({row["replica"]}))
-        extra["Replica"] = row["replica"] if online else ""
+    if gateway.bus is not None:  # replicas: say which one holds the agent
+        extra["Replica"] = gateway.replica if here else row["replica"] if online else ""
     return {**extra,
         "InstanceId": row["id"],
         "Hostname": row["hostname"],

@@ -259,13 +259,10 @@ class CommandService:
                                for k in keys))
 
     async def _elsewhere(self, instance_ids: list[str]) -> set[str]:
-        bus = self.gateway.bus
-        if bus is None or not instance_ids:
+        if self.gateway.bus is None or not instance_ids:
             return set()
         held = await self.repo.instance_replicas(instance_ids)
-        dead = bus.dead_replicas(set(held.values()))
-        return {iid for iid, replica in held.items()
-                if replica not in dead and replica != self.gateway.replica}
+        return {iid for iid, replica in held.items() if self.gateway.live_other(replica)}
 
     async def _wake_all(self) -> None:
         """Other replicas deliver to the agents they hold: tell them there is work."""

@@ -128,6 +128,12 @@ class Gateway:
             except (ConnectionError, RuntimeError):
                 pass
 
+    def live_other(self, replica: str) -> bool:
+        """Whether ``replica`` names another replica that is alive, so that what the
+        database shows on it can be reached through it."""
+        return self.bus is not None and bool(replica) and replica != self.replica \
+            and not self.bus.dead_replicas({replica})
+
     async def route(self, instance_id: str) -> Link | None:
         """The way to an agent: its connection here, or the replica that holds it."""
         link = self.links.get(instance_id)
@@ -139,8 +145,7 @@ class Gateway:
             return cached[0]
         row = await self.repo.instance(instance_id)
         remote = None
-        if row is not None and row["connected"] and row["replica"] \
-                and row["replica"] != self.replica and not self.bus.dead_replicas({row["replica"]}):
+        if row is not None and row["connected"] and self.live_other(row["replica"]):
             remote = RemoteLink(instance_id, row["region"], row["replica"], self.bus)
         if len(self._remote) > 100_000:
             self._remote.clear()

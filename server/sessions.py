@@ -406,8 +406,7 @@ class SessionManager:
             await self.terminate(session, reason)
             return True
         bus = self.gateway.bus
-        if bus is None or row["status"] != "Active" or not row["replica"] \
-                or row["replica"] == self.gateway.replica or bus.dead_replicas({row["replica"]}):
+        if bus is None or row["status"] != "Active" or not self.gateway.live_other(row["replica"]):
             return False
         await bus.end_session(row["replica"], row["id"], reason)
         return True

@@ -64,6 +64,21 @@ class AgentChannel:
         """End whatever runs behind the channel, then :meth:`finish` it."""
         raise NotImplementedError
 
+    async def drain_output(self, finished: asyncio.Event, stop_writers: Callable[[], None]
+                           ) -> None:
+        """After the session's process exited: wait until ``finished`` (its output read out
+        to the end). While credit is exhausted that waits for the peer, up to
+        resume_timeout; if the end does not come although we could send, a leftover process
+        still writes: ``stop_writers`` ends it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.resume_timeout
+        while not finished.is_set() and loop.time() < deadline:
+            try:
+                await asyncio.wait_for(finished.wait(), 1.0)
+            except TimeoutError:
+                if self.endpoint.sender.available() > 0:
+                    stop_writers()
+
     def consumed(self, n: int) -> None:
         self.endpoint.receiver.consumed(n)
         if self.endpoint.receiver.should_ack():

@@ -182,18 +182,9 @@ class PtyChannel(AgentChannel):
     async def _wait(self) -> None:
         assert self.proc is not None
         code = await self.proc.wait()
-        # Output written just before the exit may still be in the PTY: read it out until EOF.
-        # While credit is exhausted that waits for the peer (up to resume_timeout); if EOF
-        # does not come although we can read, a leftover process holds the PTY: end it.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.resume_timeout
-        while not self._finished.is_set() and loop.time() < deadline:
-            try:
-                await asyncio.wait_for(self._finished.wait(), 1.0)
-            except TimeoutError:
-                if self.endpoint.sender.available() > 0:
-                    self._kill_session(signal.SIGHUP)
-                    self._kill_session(signal.SIGKILL)
+        # Output written just before the exit may still be in the PTY: read it out until EOF
+        # (a leftover process holding the PTY is ended).
+        await self.drain_output(self._finished, self._hang_up)
         self._kill_session(signal.SIGKILL)
         self._close_master()
         status = 128 - code if code < 0 else code
@@ -211,6 +202,10 @@ class PtyChannel(AgentChannel):
         except TimeoutError:
             self._kill_session(signal.SIGKILL)
         self._finished.set()  # do not wait for output nobody will read
+
+    def _hang_up(self) -> None:
+        self._kill_session(signal.SIGHUP)
+        self._kill_session(signal.SIGKILL)
 
     def _kill_session(self, sig: int) -> None:
         if self.proc is None:

@@ -206,17 +206,8 @@ class ConPtyChannel(AgentChannel):
     async def _wait(self) -> None:
         code = await asyncio.to_thread(wait_exit, self.process)
         self._exit = code
-        # Read out what the console still holds. While credit is exhausted that waits for
-        # the peer (up to resume_timeout); if output keeps coming although we can send, a
-        # leftover process writes on: end it.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.resume_timeout
-        while not self._finished.is_set() and loop.time() < deadline:
-            try:
-                await asyncio.wait_for(self._finished.wait(), 1.0)
-            except TimeoutError:
-                if self.endpoint.sender.available() > 0:
-                    self._kill_tree()
+        # Read out what the console still holds (a leftover process writing on is ended).
+        await self.drain_output(self._finished, self._kill_tree)
         self._close_pty()
         log.info("channel %d: session exited with %d", self.id, code)
         self.finish("exited", code)

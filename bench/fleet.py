@@ -119,6 +119,18 @@ class BenchServer(Server):
             return -1
 
 
+def agents_connected(servers: Sequence[Server]) -> int:
+    """Agents connected to any of these servers, as each counts its own (0 for one too busy
+    to answer)."""
+    total = 0
+    for server in servers:
+        try:
+            total += int(server.get_json("/healthz")["AgentsConnected"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return total
+
+
 def proc_rss(pid: int) -> int:
     """Resident set size of a process in bytes (VmRSS)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -149,16 +161,17 @@ def activations(server: Server, count: int, region: str = "local") -> list[dict[
 
 
 def register_many(server: Server, directories: Sequence[Path], region: str = "local",
-                  threads: int = 8) -> list[str]:
+                  threads: int = 8, urls: str = "") -> list[str]:
     """Register one agent per directory through the real HTTP endpoint, several at a time;
-    returns the instance ids in the same order."""
+    returns the instance ids in the same order. ``urls`` (comma-separated, default the
+    server's own) is what the agents are told to dial."""
     from agent.register import register
 
     acts = activations(server, len(directories), region)
 
     def one(i: int) -> str:
         act = acts[i // ACTIVATION_LIMIT]
-        return register(server.url, server.ca_file, act["ActivationId"],
+        return register(urls or server.url, server.ca_file, act["ActivationId"],
                         act["ActivationCode"], region, directories[i])
 
     with ThreadPoolExecutor(threads) as pool:

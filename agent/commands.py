@@ -188,8 +188,7 @@ class CommandRunner:
             return False
         if task_id in self.running or self.spool.knows(task_id):
             return False  # a redelivery: already running, or done and not yet acknowledged
-        self.spool.begin(task_id, {"received_at": time.time()})
-        self.running[task_id] = _Running()
+        self.running[task_id] = _Running()  # the spool's record follows, before it starts
         return True
 
     def _on_run(self, message: TaskRun) -> None:
@@ -205,25 +204,33 @@ class CommandRunner:
                  message.timeout)
         state = self.running[message.task_id]
         try:
+            await self._begin(message.task_id)
             result = await run_script(message, self.agent.config, self.spool, state)
         except Exception as exc:  # report, never lose the task in silence
             log.exception("task %s failed to run", message.task_id)
             result = _result("Error", "AgentError", str(exc))
-        self._done(message.task_id, result)
+        await self._done(message.task_id, result)
 
     async def _write(self, message: FileSend) -> None:
         try:
+            await self._begin(message.task_id)
             result = await asyncio.to_thread(write_file, message, self.agent.config)
         except Exception as exc:
             log.exception("file %s failed", message.task_id)
             result = _result("Error", "AgentError", str(exc))
-        self._done(message.task_id, result)
+        await self._done(message.task_id, result)
 
-    def _done(self, task_id: str, result: dict[str, Any]) -> None:
-        self.spool.finish(task_id, result)
+    async def _begin(self, task_id: str) -> None:
+        """On disk before the task starts: after a crash the agent reports it Terminated
+        instead of running it again."""
+        await asyncio.to_thread(self.spool.begin, task_id, {"received_at": time.time()})
+
+    async def _done(self, task_id: str, result: dict[str, Any]) -> None:
+        self.spool.finish(task_id, result, durable=False)
         self.running.pop(task_id, None)
         log.info("%s finished: %s exit %s", task_id, result["status"], result["exit_code"])
         self._send_result(task_id, result)
+        await asyncio.to_thread(self.spool.sync, task_id)  # see agent.spool
 
     def _send_result(self, task_id: str, result: dict[str, Any]) -> None:
         self.agent.send(TaskResult(

@@ -4,6 +4,13 @@ For task T the spool directory holds ``T.task`` (what to run, and the process on
 ``T.out`` (output so far, at most MAX_TASK_OUTPUT bytes) and, once it ended, ``T.result``.
 A result survives agent restarts and is sent again on every connection until acknowledged;
 a ``T.task`` without a result after a restart is a task the agent lost while it ran.
+
+The agent waits for the disk from a worker thread (``asyncio.to_thread``), so that a slow
+disk never stalls its connection: sessions, heartbeats and other tasks go on meanwhile. A
+task's record is on disk before the task starts (after a crash it is reported Terminated,
+never run twice); its result is sent as soon as it is written and synced just after: a
+power loss in between at worst reports a task whose result the server did not get as
+Terminated after the reboot, and the server keeps the first result it stored.
 """
 
 from __future__ import annotations
@@ -36,9 +43,12 @@ class Spool:
         write_private(self._path(task_id, "task"), json.dumps(spec).encode())
 
     def update(self, task_id: str, **values: Any) -> None:
+        """Add to what is known of a running task (its process). Not synced to disk: it
+        matters after an agent restart, which keeps the page cache; a machine that lost
+        power lost the process too."""
         spec = self.spec(task_id) or {}
         spec.update(values)
-        write_private(self._path(task_id, "task"), json.dumps(spec).encode())
+        write_private(self._path(task_id, "task"), json.dumps(spec).encode(), durable=False)
 
     def spec(self, task_id: str) -> dict[str, Any] | None:
         try:
@@ -63,12 +73,27 @@ class Spool:
         except FileNotFoundError:
             return b""
 
-    def finish(self, task_id: str, result: dict[str, Any]) -> None:
-        out = self.output_path(task_id)
-        if out.exists():
-            with open(out, "rb") as f:
-                os.fsync(f.fileno())
-        write_private(self._path(task_id, "result"), json.dumps(result).encode())
+    def finish(self, task_id: str, result: dict[str, Any], durable: bool = True) -> None:
+        """Record the result; ``durable=False`` leaves the wait for the disk to
+        :meth:`sync`."""
+        if durable:
+            self._sync_output(task_id)
+        write_private(self._path(task_id, "result"), json.dumps(result).encode(), durable)
+
+    def sync(self, task_id: str) -> None:
+        """Wait until a task's output and result are on disk (nothing if it was forgotten
+        meanwhile)."""
+        self._sync_output(task_id)
+        _fsync(self._path(task_id, "result"))
+        with contextlib.suppress(OSError):  # the rename into place (not on Windows)
+            fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _sync_output(self, task_id: str) -> None:
+        _fsync(self.output_path(task_id))
 
     def result(self, task_id: str) -> dict[str, Any] | None:
         try:
@@ -96,3 +121,10 @@ class Spool:
         for suffix in ("result", "out", "task"):
             with contextlib.suppress(FileNotFoundError):
                 self._path(task_id, suffix).unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Wait until a file is on disk; nothing if it is gone. Opened for writing: Windows
+    flushes only such handles."""
+    with contextlib.suppress(FileNotFoundError), open(path, "r+b") as f:
+        os.fsync(f.fileno())

@@ -25,14 +25,16 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("PORTHOLE_AGENT_STATE_DIR", DEFAULT_STATE_DIR))
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file readable by its owner only, replacing it atomically."""
+def write_private(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write a file readable by its owner only, replacing it atomically; ``durable`` waits
+    until it is on disk."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

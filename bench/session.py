@@ -299,12 +299,16 @@ def leave_on_signals() -> None:
         signal.signal(sig, _exit_on_signal)
 
 
-def session_arguments(description: str) -> argparse.Namespace:
-    """--keystrokes and --bytes, for a run as root."""
+def session_arguments(description: str, rounds: int = 0) -> argparse.Namespace:
+    """--keystrokes and --bytes (and --rounds, when ``rounds`` gives its default), for a run
+    as root."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--keystrokes", type=int, default=300, help="round trips to time")
     parser.add_argument("--bytes", type=int, default=100, metavar="MB",
                         help="MiB of zeros to base64 for the bulk test")
+    if rounds:
+        parser.add_argument("--rounds", type=int, default=rounds,
+                            help="measure every path this many times, interleaved")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("run as root: the agent starts sessions as porthole-user")

@@ -11,7 +11,7 @@ import datetime
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -284,9 +284,23 @@ def authorize_resource(ctx: Context, ram_action: str, resource: str, **context: 
 
 
 async def instance_row(ctx: Context, instance_id: str) -> dict[str, Any]:
-    if not is_instance_id(instance_id):
-        raise invalid_parameter("InstanceId", f"{instance_id[:64]!r} is not an mi-… instance id")
-    row = await ctx.services.repo.instance(instance_id)
-    if row is None or row["deregistered_at"] is not None:
-        raise ApiError(404, "InvalidInstance.NotFound", f"instance {instance_id} is not registered")
-    return row
+    return (await instance_rows(ctx, [instance_id]))[0]
+
+
+async def instance_rows(ctx: Context, instance_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The registered instances, in the order given (one query for many); 404 names the
+    first that is not registered."""
+    for instance_id in instance_ids:
+        if not is_instance_id(instance_id):
+            raise invalid_parameter("InstanceId",
+                                    f"{instance_id[:64]!r} is not an mi-… instance id")
+    if len(instance_ids) == 1:
+        row = await ctx.services.repo.instance(instance_ids[0])
+        found = {row["id"]: row} if row is not None and row["deregistered_at"] is None else {}
+    else:
+        found = {r["id"]: r for r in await ctx.services.repo.list_instances(ids=instance_ids)}
+    for instance_id in instance_ids:
+        if instance_id not in found:
+            raise ApiError(404, "InvalidInstance.NotFound",
+                           f"instance {instance_id} is not registered")
+    return [found[i] for i in instance_ids]

@@ -16,7 +16,7 @@ from server.api import (
     action,
     authorize_resource,
     check_region,
-    instance_row,
+    instance_rows,
     iso,
     region_arn,
 )
@@ -101,7 +101,7 @@ async def _targets(ctx: Context, ids: Sequence[str], ram_action: str,
     ids = list(dict.fromkeys(ids))
     if not ids or len(ids) > MAX_TARGETS:
         raise invalid_parameter("InstanceIds", f"give between 1 and {MAX_TARGETS} instance ids")
-    rows = [await instance_row(ctx, iid) for iid in ids]
+    rows = await instance_rows(ctx, ids)
     regions = sorted({r["region"] for r in rows})
     if len(regions) > 1:
         raise invalid_parameter("InstanceIds", f"instances span regions {', '.join(regions)};"

@@ -11,7 +11,15 @@ import re
 from typing import Any
 
 from proto.ids import new_access_key
-from server.api import Context, Param, action, authorize_resource, instance_row, iso, region_arn
+from server.api import (
+    Context,
+    Param,
+    action,
+    authorize_resource,
+    instance_rows,
+    iso,
+    region_arn,
+)
 from server.auth import issue_temporary_credentials
 from server.errors import ApiError, invalid_parameter
 from server.policy import (
@@ -652,9 +660,9 @@ async def _tag_targets(ctx: Context, p: dict[str, Any], ram_action: str) -> list
     ids = list(dict.fromkeys(p["ResourceIds"]))
     if not 1 <= len(ids) <= 50:
         raise invalid_parameter("ResourceIds", "give between 1 and 50 instance ids")
-    for iid in ids:
-        row = await instance_row(ctx, iid)
-        authorize_resource(ctx, ram_action, region_arn(ctx, row["region"], "instance", iid))
+    for row in await instance_rows(ctx, ids):
+        authorize_resource(ctx, ram_action,
+                           region_arn(ctx, row["region"], "instance", row["id"]))
     return ids
 
 

@@ -140,7 +140,9 @@ class StoreBase:
 
     async def _all(self, stmt: Any) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in await conn.execute(stmt)]
+            result = await conn.execute(stmt)
+            keys = list(result.keys())  # once: a row's _mapping builds them again each time
+            return [dict(zip(keys, row, strict=True)) for row in result]
 
     async def _one(self, stmt: Any) -> dict[str, Any] | None:
         rows = await self._all(stmt)

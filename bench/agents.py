@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fleet import (  # noqa: E402
     BenchServer,
+    check_plotting,
     port_range,
     proc_cpu,
     proc_rss,
@@ -287,6 +288,7 @@ def main() -> None:
         worker(args.worker, args.offset, args.lifetime, args.opening)
         return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what was started
+    check_plotting(args.plot)
     workers_n = args.workers or max(1, math.ceil(args.agents / PER_WORKER))
     if args.data:
         args.data.mkdir(parents=True, exist_ok=True)

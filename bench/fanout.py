@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import (  # noqa: E402
     BenchServer,
     agents_connected,
+    check_plotting,
     raise_open_files,
     read_listing,
     register_many,
@@ -96,6 +97,7 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.offset, args.no_exec)
         return
+    check_plotting(args.plot)
     sizes = [int(s) for s in args.sizes.split(",")]
     results: dict[int, list[Row]] = {}
     for replicas in (int(r) for r in args.replicas.split(",")):

@@ -131,6 +131,17 @@ def agents_connected(servers: Sequence[Server]) -> int:
     return total
 
 
+def check_plotting(plot: Path | None) -> None:
+    """Before a long run: --plot needs matplotlib (the "bench" extra)."""
+    if plot is None:
+        return
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: run .venv/bin/pip install -e '.[bench]'"
+                         ) from None
+
+
 def proc_rss(pid: int) -> int:
     """Resident set size of a process in bytes (VmRSS)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

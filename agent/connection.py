@@ -50,6 +50,8 @@ log = logging.getLogger("porthole.agent")
 
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 60.0
+HAPPY_EYEBALLS_DELAY = 0.25
+"""Seconds before the next address of the server's name is tried while one is silent."""
 FATAL_CODES = {"InstanceDeregistered", "InstanceNotFound", "AuthFailed", "UnsupportedVersion"}
 EXIT_FATAL = 3
 
@@ -146,6 +148,10 @@ class Agent:
             self.url, ssl=self.ssl, compression=None, max_size=MAX_FRAME_SIZE,
             open_timeout=15, ping_interval=20, ping_timeout=20, close_timeout=5,
             user_agent_header=f"porthole-agent/{host_info()['agent_version']}",
+            # A server name with several addresses (replicas): when one host is down and
+            # drops the connection attempt, the next address is tried after this delay
+            # instead of after the whole open_timeout.
+            happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
         ) as ws:
             interval = await self._handshake(ws)
             self._ws = ws

@@ -50,7 +50,8 @@ class Cluster:
     """``size`` replicas r0, r1, … on a PostgreSQL database of their own (dropped by
     :meth:`close`) and a NATS subject prefix of their own."""
 
-    def __init__(self, root: Path, size: int = 2, **settings: Any) -> None:
+    def __init__(self, root: Path, size: int = 2, hostnames: tuple[str, ...] = (),
+                 **settings: Any) -> None:
         self.prefix = "pht" + uuid.uuid4().hex[:12]
         self.database = f"porthole_t_{uuid.uuid4().hex}"
         settings = {"nats_url": NATS_URL, "nats_subject_prefix": self.prefix,
@@ -59,7 +60,8 @@ class Cluster:
         psql(f'CREATE DATABASE "{self.database}"')
         try:
             first = Server(root / "r0", init_args=("--database-url",
-                                                   f"{POSTGRES}/{self.database}"), **settings)
+                                                   f"{POSTGRES}/{self.database}"),
+                           hostnames=hostnames, **settings)
         except BaseException:
             psql(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
             raise
@@ -76,14 +78,17 @@ class Cluster:
     def urls(self) -> str:
         return ",".join(r.url for r in self.replicas)
 
-    def agent(self, state_dir: Path, on: int = 0) -> Agent:
+    def agent(self, state_dir: Path, on: int = 0, server: str = "",
+              prefix: list[str] | None = None) -> Agent:
         """An agent registered through the ``on``-th replica and given every replica's URL
-        (it starts at one of them chosen by its instance id)."""
+        (it starts at one of them chosen by its instance id), or ``server``; run under
+        ``prefix``."""
         first = self.replicas[on]
         urls = [r.url for r in self.replicas[on:] + self.replicas[:on]]
         activation = first.activation(count=1)
         result = subprocess.run(
-            [str(BIN / "porthole-agent"), "register", "--server", ",".join(urls),
+            [*(prefix or []), str(BIN / "porthole-agent"), "register",
+             "--server", server or ",".join(urls),
              "--ca-file", str(first.ca_file), "--activation-id", activation["ActivationId"],
              "--activation-code", activation["ActivationCode"], "--region", "local",
              "--state-dir", str(state_dir), "--output", "json"],
@@ -91,7 +96,7 @@ class Cluster:
         if result.returncode != 0:
             raise AssertionError(f"register failed: {result.stderr}")
         agent = Agent.__new__(Agent)
-        agent.server, agent.prefix, agent.state_dir = first, [], state_dir
+        agent.server, agent.prefix, agent.state_dir = first, prefix or [], state_dir
         agent.log_path, agent.proc = state_dir.with_suffix(".log"), None
         agent.instance_id = json.loads(result.stdout)["InstanceId"]
         return agent

@@ -10,11 +10,13 @@ import re
 import signal
 import subprocess
 import time
+import uuid
 
 import pytest
+import yaml
 
 from tests.cluster import Cluster
-from tests.harness import wait_for
+from tests.harness import free_port, wait_for
 from tests.test_e2e_sessions import finish, spawn_session
 
 pytestmark = pytest.mark.slow
@@ -138,6 +140,54 @@ def test_presence_follows_a_dead_replica(cluster, tmp_path):
         if agent.proc is not None:
             os.kill(agent.proc.pid, signal.SIGCONT)
         agent.stop()
+
+
+def _listen_on(replica, host: str, port: int) -> None:
+    config_file = replica.data_dir / "server.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["listen"] = f"{host}:{port}"
+    config_file.write_text(yaml.safe_dump(config))
+    replica.port, replica.url = port, f"https://{host}:{port}"
+
+
+def test_one_name_with_several_addresses_fails_over_from_a_silent_host(tmp_path):
+    """The agent knows one URL whose name has an address per replica. The replica it holds
+    dies and its host goes silent (connection attempts are dropped, not refused): the agent
+    reaches the other address instead of waiting on the silent one."""
+    name = f"ph{uuid.uuid4().hex[:8]}.replicas.test"
+    made = Cluster(tmp_path, size=2, hostnames=(name, "127.0.0.2"))
+    port = free_port()
+    for n, replica in enumerate(made.replicas):
+        _listen_on(replica, f"127.0.0.{n + 1}", port)
+    hosts = tmp_path / "hosts"  # the agent's own /etc/hosts, in a mount namespace of its own
+    hosts.write_text(f"127.0.0.1 {name}\n127.0.0.2 {name}\n")
+    prefix = ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
+              str(hosts)]
+    drop: list[str] = []
+    agent = None
+    try:
+        made.start()
+        agent = made.agent(tmp_path / "agent", server=f"https://{name}:{port}", prefix=prefix)
+        agent.start(wait_online=False)
+        holder = made.wait_held(agent.instance_id)
+        dead = made.by_id(holder)
+        drop = ["INPUT", "-i", "lo", "-d", dead.url.split("//")[1].split(":")[0], "-p", "tcp",
+                "--dport", str(port), "--syn", "-j", "DROP"]
+        subprocess.run(["iptables", "-I", *drop], check=True)
+        dead.stop(signal.SIGKILL)
+        survivor = made.others(holder)[0]
+        wait_for(lambda: survivor.online(agent.instance_id) and
+                 survivor.instance(agent.instance_id)["Replica"] != holder, 30,
+                 "the agent back on the other address")
+        code, reply = survivor.run_json(agent.instance_id, "--script", "echo via-$((6*7))")
+        assert code == 0, reply
+        assert "via-42" in settled(survivor, reply["InvokeId"])["Results"][0]["Output"]
+    finally:
+        if drop:
+            subprocess.run(["iptables", "-D", *drop], check=False)
+        if agent is not None:
+            agent.stop()
+        made.close()
 
 
 def test_unreachable_nats_is_one_line_at_start(tmp_path):

@@ -157,6 +157,9 @@ class CommandRunner:
         self.agent = agent
         self.spool = Spool(Path(agent.state.directory) / "spool")
         self.running: dict[str, _Running] = {}
+        self._syncing: dict[str, bool] = {}
+        """Results being synced to disk -> whether the server acked them meanwhile (their
+        files are forgotten once the sync is done: Windows cannot delete an open file)."""
         agent.handlers[TaskRun] = self._on_run
         agent.handlers[FileSend] = self._on_file
         agent.handlers[TaskStop] = self._on_stop
@@ -204,33 +207,50 @@ class CommandRunner:
                  message.timeout)
         state = self.running[message.task_id]
         try:
-            await self._begin(message.task_id)
-            result = await run_script(message, self.agent.config, self.spool, state)
+            result = await self._begin(message.task_id, state) or \
+                await run_script(message, self.agent.config, self.spool, state)
         except Exception as exc:  # report, never lose the task in silence
             log.exception("task %s failed to run", message.task_id)
             result = _result("Error", "AgentError", str(exc))
         await self._done(message.task_id, result)
 
     async def _write(self, message: FileSend) -> None:
+        state = self.running[message.task_id]
         try:
-            await self._begin(message.task_id)
-            result = await asyncio.to_thread(write_file, message, self.agent.config)
+            result = await self._begin(message.task_id, state) or \
+                await asyncio.to_thread(write_file, message, self.agent.config)
         except Exception as exc:
             log.exception("file %s failed", message.task_id)
             result = _result("Error", "AgentError", str(exc))
         await self._done(message.task_id, result)
 
-    async def _begin(self, task_id: str) -> None:
-        """On disk before the task starts: after a crash the agent reports it Terminated
-        instead of running it again."""
+    async def _begin(self, task_id: str, state: _Running) -> dict[str, Any] | None:
+        """Record the task on disk before it starts (after a crash the agent reports it
+        Terminated instead of running it again). Returns the result of a task stopped
+        meanwhile, which then never starts."""
         await asyncio.to_thread(self.spool.begin, task_id, {"received_at": time.time()})
+        if state.stopped:
+            return _result("Cancelled", "", "stopped before it started on this instance")
+        return None
 
     async def _done(self, task_id: str, result: dict[str, Any]) -> None:
-        self.spool.finish(task_id, result, durable=False)
+        """Record the result, send it, then wait for the disk (see agent.spool). A spool
+        that cannot be written still lets the result go out and the task end."""
+        self._syncing[task_id] = False
+        try:
+            self.spool.finish(task_id, result, durable=False)
+        except OSError as exc:
+            log.error("cannot record the result of %s in the spool: %s", task_id, exc)
         self.running.pop(task_id, None)
         log.info("%s finished: %s exit %s", task_id, result["status"], result["exit_code"])
         self._send_result(task_id, result)
-        await asyncio.to_thread(self.spool.sync, task_id)  # see agent.spool
+        try:
+            await asyncio.to_thread(self.spool.sync, task_id)
+        except OSError as exc:
+            log.error("cannot sync the result of %s to disk: %s", task_id, exc)
+        finally:
+            if self._syncing.pop(task_id, False):
+                self.spool.forget(task_id)
 
     def _send_result(self, task_id: str, result: dict[str, Any]) -> None:
         self.agent.send(TaskResult(
@@ -260,5 +280,9 @@ class CommandRunner:
                 message.task_id, message.offset, OUTPUT_CHUNK)))
 
     def _on_ack(self, message: TaskResultAck) -> None:
-        if is_task_id(message.task_id) and message.task_id not in self.running:
+        if not is_task_id(message.task_id) or message.task_id in self.running:
+            return
+        if message.task_id in self._syncing:
+            self._syncing[message.task_id] = True  # forgotten once its sync is done
+        else:
             self.spool.forget(message.task_id)

@@ -8,9 +8,9 @@ a ``T.task`` without a result after a restart is a task the agent lost while it 
 The agent waits for the disk from a worker thread (``asyncio.to_thread``), so that a slow
 disk never stalls its connection: sessions, heartbeats and other tasks go on meanwhile. A
 task's record is on disk before the task starts (after a crash it is reported Terminated,
-never run twice); its result is sent as soon as it is written and synced just after: a
-power loss in between at worst reports a task whose result the server did not get as
-Terminated after the reboot, and the server keeps the first result it stored.
+not run again); its result is sent as soon as it is written and synced just after: a power
+loss in between leaves at worst an empty result file, and the task is then reported
+Terminated after the reboot (the server keeps the first result it stored).
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ class Spool:
         return self.directory / f"{task_id}.{suffix}"
 
     def knows(self, task_id: str) -> bool:
-        return self._path(task_id, "task").exists() or self._path(task_id, "result").exists()
+        return self._path(task_id, "task").exists() or self.result(task_id) is not None
 
     def begin(self, task_id: str, spec: dict[str, Any]) -> None:
         write_private(self._path(task_id, "task"), json.dumps(spec).encode())
+        self._sync_directory()
 
     def update(self, task_id: str, **values: Any) -> None:
         """Add to what is known of a running task (its process). Not synced to disk: it
@@ -85,7 +86,11 @@ class Spool:
         meanwhile)."""
         self._sync_output(task_id)
         _fsync(self._path(task_id, "result"))
-        with contextlib.suppress(OSError):  # the rename into place (not on Windows)
+        self._sync_directory()
+
+    def _sync_directory(self) -> None:
+        """The renames into place (POSIX; Windows cannot open a directory for this)."""
+        with contextlib.suppress(OSError):
             fd = os.open(self.directory, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -113,7 +118,8 @@ class Spool:
         out = []
         for path in sorted(self.directory.glob("*.task")):
             task_id = path.name[:-len(".task")]
-            if is_task_id(task_id) and not self._path(task_id, "result").exists():
+            # a result file that a power loss left empty counts as no result
+            if is_task_id(task_id) and self.result(task_id) is None:
                 out.append((task_id, self.spec(task_id) or {}))
         return out
 

@@ -120,14 +120,14 @@ class BenchServer(Server):
 
 
 def agents_connected(servers: Sequence[Server]) -> int:
-    """Agents connected to any of these servers, as each counts its own (0 for one too busy
-    to answer)."""
+    """Agents connected to these servers, as each counts its own; -1 when one of them did
+    not answer (too busy), so that no wait for a count takes it for 0."""
     total = 0
     for server in servers:
         try:
             total += int(server.get_json("/healthz")["AgentsConnected"])
         except (OSError, ValueError, KeyError):
-            pass
+            return -1
     return total
 
 

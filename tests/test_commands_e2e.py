@@ -282,13 +282,17 @@ def test_rate_schedule_runs_repeatedly_until_stopped(srv, agents):
     assert len(results(srv, invoke_id, "--history")["Results"]) == runs
 
 
-def test_targets_not_registered_are_named_in_one_line(srv, agents):
+def test_targets_not_registered_are_named_in_one_line(srv, agents, tmp_path):
     a, b = agents
+    gone = Agent(srv, tmp_path / "gone")
+    srv.cli("instances", "deregister", gone.instance_id)
     before = srv.cli_json("invocations", "list")["TotalCount"]
     ghost = "mi-" + "0" * 17
-    r = srv.cli("run", a.instance_id, ghost, b.instance_id, "--script", "true", check=False)
-    assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
-    assert "InvalidInstance.NotFound" in r.stderr and ghost in r.stderr
+    for missing in (ghost, gone.instance_id):
+        r = srv.cli("run", a.instance_id, missing, b.instance_id, "--script", "true",
+                    check=False)
+        assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
+        assert "InvalidInstance.NotFound" in r.stderr and missing in r.stderr
     bad = srv.cli("run", a.instance_id, "i-not-ours", "--script", "true", check=False)
     assert bad.returncode != 0 and "'i-not-ours' is not an mi-" in bad.stderr, bad.stderr
     assert srv.cli_json("invocations", "list")["TotalCount"] == before  # nothing was sent

@@ -207,8 +207,9 @@ class CommandRunner:
                  message.timeout)
         state = self.running[message.task_id]
         try:
-            result = await self._begin(message.task_id, state) or \
-                await run_script(message, self.agent.config, self.spool, state)
+            result = await self._begin(message.task_id, state)
+            if result is None:
+                result = await run_script(message, self.agent.config, self.spool, state)
         except Exception as exc:  # report, never lose the task in silence
             log.exception("task %s failed to run", message.task_id)
             result = _result("Error", "AgentError", str(exc))
@@ -217,8 +218,9 @@ class CommandRunner:
     async def _write(self, message: FileSend) -> None:
         state = self.running[message.task_id]
         try:
-            result = await self._begin(message.task_id, state) or \
-                await asyncio.to_thread(write_file, message, self.agent.config)
+            result = await self._begin(message.task_id, state)
+            if result is None:
+                result = await asyncio.to_thread(write_file, message, self.agent.config)
         except Exception as exc:
             log.exception("file %s failed", message.task_id)
             result = _result("Error", "AgentError", str(exc))

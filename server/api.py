@@ -296,11 +296,7 @@ async def instance_rows(ctx: Context, instance_ids: Sequence[str]) -> list[dict[
         if not is_instance_id(instance_id):
             raise invalid_parameter("InstanceId",
                                     f"{instance_id[:64]!r} is not an mi-… instance id")
-    if len(instance_ids) == 1:
-        row = await ctx.services.repo.instance(instance_ids[0])
-        found = {row["id"]: row} if row is not None and row["deregistered_at"] is None else {}
-    else:
-        found = {r["id"]: r for r in await ctx.services.repo.list_instances(ids=instance_ids)}
+    found = {r["id"]: r for r in await ctx.services.repo.list_instances(ids=instance_ids)}
     for instance_id in instance_ids:
         if instance_id not in found:
             raise ApiError(404, "InvalidInstance.NotFound",

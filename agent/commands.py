@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -205,35 +206,29 @@ class CommandRunner:
     async def _run(self, message: TaskRun) -> None:
         log.info("running %s as %s (timeout %d s)", message.task_id, message.username,
                  message.timeout)
-        state = self.running[message.task_id]
-        try:
-            result = await self._begin(message.task_id, state)
-            if result is None:
-                result = await run_script(message, self.agent.config, self.spool, state)
-        except Exception as exc:  # report, never lose the task in silence
-            log.exception("task %s failed to run", message.task_id)
-            result = _result("Error", "AgentError", str(exc))
-        await self._done(message.task_id, result)
+        await self._perform(message.task_id, lambda state: run_script(
+            message, self.agent.config, self.spool, state))
 
     async def _write(self, message: FileSend) -> None:
-        state = self.running[message.task_id]
-        try:
-            result = await self._begin(message.task_id, state)
-            if result is None:
-                result = await asyncio.to_thread(write_file, message, self.agent.config)
-        except Exception as exc:
-            log.exception("file %s failed", message.task_id)
-            result = _result("Error", "AgentError", str(exc))
-        await self._done(message.task_id, result)
+        await self._perform(message.task_id, lambda _state: asyncio.to_thread(
+            write_file, message, self.agent.config))
 
-    async def _begin(self, task_id: str, state: _Running) -> dict[str, Any] | None:
+    async def _perform(self, task_id: str,
+                       start: Callable[[_Running], Awaitable[dict[str, Any]]]) -> None:
         """Record the task on disk before it starts (after a crash the agent reports it
-        Terminated instead of running it again). Returns the result of a task stopped
-        meanwhile, which then never starts."""
-        await asyncio.to_thread(self.spool.begin, task_id, {"received_at": time.time()})
-        if state.stopped:
-            return _result("Cancelled", "", "stopped before it started on this instance")
-        return None
+        Terminated instead of running it again), start it unless it was stopped meanwhile,
+        and report its result."""
+        state = self.running[task_id]
+        try:
+            await asyncio.to_thread(self.spool.begin, task_id, {"received_at": time.time()})
+            if state.stopped:
+                result = _result("Cancelled", "", "stopped before it started on this instance")
+            else:
+                result = await start(state)
+        except Exception as exc:  # report, never lose the task in silence
+            log.exception("task %s failed", task_id)
+            result = _result("Error", "AgentError", str(exc))
+        await self._done(task_id, result)
 
     async def _done(self, task_id: str, result: dict[str, Any]) -> None:
         """Record the result, send it, then wait for the disk (see agent.spool). A spool

@@ -111,24 +111,12 @@ class BenchServer(Server):
         wait_for(self.healthy, 60, "server health")
         return self
 
-    def connected(self) -> int:
-        """Agents connected as the server counts them, or -1 if it did not answer in time."""
-        try:
-            return int(self.get_json("/healthz")["AgentsConnected"])
-        except (OSError, ValueError, KeyError):
-            return -1
-
 
 def agents_connected(servers: Sequence[Server]) -> int:
     """Agents connected to these servers, as each counts its own; -1 when one of them did
     not answer (too busy), so that no wait for a count takes it for 0."""
-    total = 0
-    for server in servers:
-        try:
-            total += int(server.get_json("/healthz")["AgentsConnected"])
-        except (OSError, ValueError, KeyError):
-            return -1
-    return total
+    counts = [server.connected() for server in servers]
+    return -1 if -1 in counts else sum(counts)
 
 
 def check_plotting(plot: Path | None) -> None:

@@ -79,13 +79,16 @@ class Server:
         raise AssertionError(f"server did not start: {self.log()}")
 
     def _move_to_free_port(self) -> None:
+        config = yaml.safe_load((self.data_dir / "server.yaml").read_text())
+        self.listen_on(config["listen"].rpartition(":")[0], free_port())
+
+    def listen_on(self, host: str, port: int) -> None:
+        """Serve on another address from the next start (server.yaml's listen)."""
         config_file = self.data_dir / "server.yaml"
         config = yaml.safe_load(config_file.read_text())
-        host = config["listen"].rpartition(":")[0]
-        self.port = free_port()
-        self.url = f"https://{host}:{self.port}"
-        config["listen"] = f"{host}:{self.port}"
+        config["listen"] = f"{host}:{port}"
         config_file.write_text(yaml.safe_dump(config))
+        self.port, self.url = port, f"https://{host}:{port}"
 
     def healthy(self) -> dict[str, Any] | None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -94,6 +97,13 @@ class Server:
             return self.get_json("/healthz")
         except OSError:
             return None
+
+    def connected(self) -> int:
+        """Agents connected as the server counts them, or -1 if it did not answer in time."""
+        try:
+            return int(self.get_json("/healthz")["AgentsConnected"])
+        except (OSError, ValueError, KeyError):
+            return -1
 
     def get_json(self, path: str) -> Any:
         ctx = ssl.create_default_context(cafile=str(self.ca_file))

@@ -13,7 +13,6 @@ import time
 import uuid
 
 import pytest
-import yaml
 
 from tests.cluster import Cluster
 from tests.harness import free_port, wait_for
@@ -142,14 +141,6 @@ def test_presence_follows_a_dead_replica(cluster, tmp_path):
         agent.stop()
 
 
-def _listen_on(replica, host: str, port: int) -> None:
-    config_file = replica.data_dir / "server.yaml"
-    config = yaml.safe_load(config_file.read_text())
-    config["listen"] = f"{host}:{port}"
-    config_file.write_text(yaml.safe_dump(config))
-    replica.port, replica.url = port, f"https://{host}:{port}"
-
-
 def test_one_name_with_several_addresses_fails_over_from_a_silent_host(tmp_path):
     """The agent knows one URL whose name has an address per replica. The replica it holds
     dies and its host goes silent (connection attempts are dropped, not refused): the agent
@@ -158,7 +149,7 @@ def test_one_name_with_several_addresses_fails_over_from_a_silent_host(tmp_path)
     made = Cluster(tmp_path, size=2, hostnames=(name, "127.0.0.2"))
     port = free_port()
     for n, replica in enumerate(made.replicas):
-        _listen_on(replica, f"127.0.0.{n + 1}", port)
+        replica.listen_on(f"127.0.0.{n + 1}", port)
     hosts = tmp_path / "hosts"  # the agent's own /etc/hosts, in a mount namespace of its own
     hosts.write_text(f"127.0.0.1 {name}\n127.0.0.2 {name}\n")
     prefix = ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',

@@ -36,6 +36,20 @@ def _drain(child: pexpect.spawn, budget: int) -> int:
     return got
 
 
+def _expect(child: pexpect.spawn, pattern: str, timeout: float, *logs: Agent | Server) -> None:
+    """``child.expect``; a session that ends first fails with its exit status and the logs
+    (the quiet end of one session among many says nothing on its own)."""
+    try:
+        child.expect(pattern, timeout=timeout)
+    except pexpect.EOF:
+        child.close()
+        tails = "\n".join(f"--- {type(x).__name__} log ---\n" + "\n".join(
+            x.log().splitlines()[-200:]) for x in logs)
+        raise AssertionError(f"the session ended before {pattern!r} (exit status "
+                             f"{child.exitstatus}, signal {child.signalstatus}); it printed "
+                             f"{child.before!r}\n{tails}") from None
+
+
 def _flooders() -> str:
     return subprocess.run(["pgrep", "-f", "cat /dev/urandom"], capture_output=True,
                           text=True).stdout
@@ -82,12 +96,12 @@ def test_fifty_sessions_to_one_agent_and_a_flood_does_not_stall_echo(server, mak
                                       f"echo ready-{i}; read x; echo got-$x-{i}"))
     for i, child in enumerate(children):
         _drain(flood, 1 << 20)
-        child.expect(f"ready-{i}", timeout=60)
+        _expect(child, f"ready-{i}", 60, agent, server)
     assert len(server.cli_json("sessions", "list", "--active")["Sessions"]) == 51
     for i, child in enumerate(children):
         child.sendline(f"k{i}")
         started = time.monotonic()
-        child.expect(f"got-k{i}-{i}", timeout=10)
+        _expect(child, f"got-k{i}-{i}", 10, agent, server)
         assert time.monotonic() - started < 10
         _drain(flood, 1 << 20)
     for child in children:

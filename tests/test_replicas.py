@@ -162,9 +162,10 @@ def test_one_name_with_several_addresses_fails_over_from_a_silent_host(tmp_path)
         agent.start(wait_online=False)
         holder = made.wait_held(agent.instance_id)
         dead = made.by_id(holder)
-        drop = ["INPUT", "-i", "lo", "-d", dead.url.split("//")[1].split(":")[0], "-p", "tcp",
+        rule = ["INPUT", "-i", "lo", "-d", dead.url.split("//")[1].split(":")[0], "-p", "tcp",
                 "--dport", str(port), "--syn", "-j", "DROP"]
-        subprocess.run(["iptables", "-I", *drop], check=True)
+        subprocess.run(["iptables", "-I", *rule], check=True)
+        drop = rule  # removed again below only once it is in place
         dead.stop(signal.SIGKILL)
         survivor = made.others(holder)[0]
         wait_for(lambda: survivor.online(agent.instance_id) and

@@ -50,10 +50,12 @@ def start_time(pid: int) -> int:
     return int(fields[19]) if fields and len(fields) > 19 else -1
 
 
-def kill_tree(leader: int) -> int:
+def kill_tree(leader: int, started: int) -> int:
     """SIGKILL every process of the task: its session and process group (job control makes
     new groups inside the session) and every descendant (setsid leaves the session, not the
-    tree). Returns how many processes were signalled."""
+    tree). The leader itself counts only while it is the process that started at
+    ``started``: once reaped, its pid may belong to anyone (the kernel keeps a pid that is
+    still a session or group id, so those need no check). Returns how many were signalled."""
     killed = 0
     for _ in range(5):
         stats = {}
@@ -65,7 +67,7 @@ def kill_tree(leader: int) -> int:
             children.setdefault(int(fields[1]), []).append(pid)
         doomed = {pid for pid, f in stats.items()
                   if leader in (int(f[2]), int(f[3])) and f[0] != "Z"}
-        if leader in stats:
+        if leader in stats and len(stats[leader]) > 19 and int(stats[leader][19]) == started:
             doomed.add(leader)
         queue = list(doomed)
         while queue:
@@ -86,8 +88,9 @@ def kill_tree(leader: int) -> int:
 def end_leftovers(spec: dict[str, object]) -> None:
     """After an agent restart: end what is left of a task that was running."""
     pid = spec.get("pid")
-    if isinstance(pid, int) and start_time(pid) == spec.get("start_time"):
-        kill_tree(pid)
+    started = spec.get("start_time")
+    if isinstance(pid, int) and isinstance(started, int) and start_time(pid) == started:
+        kill_tree(pid, started)
 
 
 # --- scripts -------------------------------------------------------------------------------
@@ -108,7 +111,7 @@ class ShellTask:
         return 128 - code if code < 0 else code
 
     def kill_tree(self) -> None:
-        kill_tree(self.pid)
+        kill_tree(self.pid, self.start_time)
 
     def close(self) -> None:
         """Nothing to release: the pipes close with the process."""

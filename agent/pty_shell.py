@@ -208,9 +208,11 @@ class PtyChannel(AgentChannel):
         self._kill_session(signal.SIGKILL)
 
     def _kill_session(self, sig: int) -> None:
+        """Signal every process in the shell's session, found by session id: the shell's own
+        pid may already be reaped and reused, a session id in use is not."""
         if self.proc is None:
             return
-        for pid in session_processes(self.proc.pid) or [self.proc.pid]:
+        for pid in session_processes(self.proc.pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
 

@@ -1,0 +1,50 @@
+"""Ending a task's processes never signals a process that only reuses the leader's pid."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process trees")
+
+
+def test_kill_tree_spares_a_pid_that_started_later_and_ends_the_one_that_started_then():
+    from agent.posix_tasks import kill_tree, start_time
+
+    bystander = subprocess.Popen(["sleep", "30"])  # in our session: no task's sid or pgid
+    try:
+        started = start_time(bystander.pid)
+        assert kill_tree(bystander.pid, started - 1) == 0  # as if the leader had been reaped
+        assert bystander.poll() is None
+        assert kill_tree(bystander.pid, started) == 1
+        assert bystander.wait(10) == -9
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_kill_tree_ends_the_session_after_its_leader_is_gone():
+    from agent.posix_tasks import kill_tree, start_time
+
+    leader = subprocess.Popen(["sh", "-c", "sleep 30 & echo $!"], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    started = start_time(leader.pid)
+    orphan = int(leader.stdout.readline())
+    leader.wait(10)  # reaped: only the session id still names the task
+    assert kill_tree(leader.pid, started) >= 1
+    for _ in range(100):
+        if start_time(orphan) == -1 or _state(orphan) == "Z":
+            break
+        subprocess.run(["sleep", "0.05"])
+    else:
+        raise AssertionError("the orphan in the task's session survived")
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,9 @@ async def run_script(msg: TaskRun, config: AgentConfig, spool: Spool,
         return _result("Failed", exc.code, str(exc), started_at=started)
     try:
         return await _supervise(msg, proc, spool, state, started)
+    except BaseException:  # cancelled, or the spool failed: nothing may run on unwatched
+        proc.kill_tree()
+        raise
     finally:
         proc.close()
 
@@ -88,7 +91,10 @@ async def run_script(msg: TaskRun, config: AgentConfig, spool: Spool,
 async def _supervise(msg: TaskRun, proc: TaskProcess, spool: Spool, state: _Running,
                      started: float) -> dict[str, Any]:
     state.proc = proc
-    spool.update(msg.task_id, pid=proc.pid, start_time=proc.start_time)
+    try:
+        spool.update(msg.task_id, pid=proc.pid, start_time=proc.start_time)
+    except OSError as exc:  # only an agent restart needs it, to end what is left
+        log.warning("cannot record the process of %s in the spool: %s", msg.task_id, exc)
     if state.stopped:  # a stop that arrived while the process was starting
         proc.kill_tree()
     dropped = 0
@@ -112,9 +118,6 @@ async def _supervise(msg: TaskRun, proc: TaskProcess, spool: Spool, state: _Runn
         timed_out = True
         proc.kill_tree()
         code = await proc.wait()
-    except asyncio.CancelledError:
-        proc.kill_tree()
-        raise
     if state.stopped or timed_out:
         proc.kill_tree()
     with contextlib.suppress(TimeoutError):
@@ -161,6 +164,10 @@ class CommandRunner:
         self._syncing: dict[str, bool] = {}
         """Results being synced to disk -> whether the server acked them meanwhile (their
         files are forgotten once the sync is done: Windows cannot delete an open file)."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._unspooled: dict[str, dict[str, Any]] = {}
+        """Results the spool could not record (a full or read-only disk): kept in memory and
+        sent on every connection until acknowledged, as long as the agent runs."""
         agent.handlers[TaskRun] = self._on_run
         agent.handlers[FileSend] = self._on_file
         agent.handlers[TaskStop] = self._on_stop
@@ -183,25 +190,34 @@ class CommandRunner:
 
     def _on_connect(self) -> None:
         self.agent.send(AgentBoot(boot_id()))
-        for task_id, result in self.spool.results():
+        for task_id, result in [*self.spool.results(), *self._unspooled.items()]:
             self._send_result(task_id, result)
+
+    def _result_of(self, task_id: str) -> dict[str, Any] | None:
+        return self._unspooled.get(task_id) or self.spool.result(task_id)
 
     def _accept(self, task_id: str) -> bool:
         if not is_task_id(task_id):
             log.warning("ignoring a task with a malformed id %r", task_id[:80])
             return False
-        if task_id in self.running or self.spool.knows(task_id):
+        if task_id in self.running or task_id in self._unspooled or \
+                self.spool.knows(task_id):
             return False  # a redelivery: already running, or done and not yet acknowledged
         self.running[task_id] = _Running()  # the spool's record follows, before it starts
         return True
 
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)  # the loop holds tasks weakly
+        task.add_done_callback(self._tasks.discard)
+
     def _on_run(self, message: TaskRun) -> None:
         if self._accept(message.task_id):
-            asyncio.create_task(self._run(message))
+            self._spawn(self._run(message))
 
     def _on_file(self, message: FileSend) -> None:
         if self._accept(message.task_id):
-            asyncio.create_task(self._write(message))
+            self._spawn(self._write(message))
 
     async def _run(self, message: TaskRun) -> None:
         log.info("running %s as %s (timeout %d s)", message.task_id, message.username,
@@ -231,16 +247,24 @@ class CommandRunner:
         await self._done(task_id, result)
 
     async def _done(self, task_id: str, result: dict[str, Any]) -> None:
-        """Record the result, send it, then wait for the disk (see agent.spool). A spool
-        that cannot be written still lets the result go out and the task end."""
+        self._record(task_id, result)
+        await self._sync(task_id)
+
+    def _record(self, task_id: str, result: dict[str, Any]) -> None:
+        """Record the result and send it; :meth:`_sync` then waits for the disk (see
+        agent.spool). A spool that cannot be written still lets the result go out."""
         self._syncing[task_id] = False
         try:
             self.spool.finish(task_id, result, durable=False)
         except OSError as exc:
-            log.error("cannot record the result of %s in the spool: %s", task_id, exc)
+            log.error("cannot record the result of %s in the spool (kept in memory until "
+                      "the server has it): %s", task_id, exc)
+            self._unspooled[task_id] = result
         self.running.pop(task_id, None)
         log.info("%s finished: %s exit %s", task_id, result["status"], result["exit_code"])
         self._send_result(task_id, result)
+
+    async def _sync(self, task_id: str) -> None:
         try:
             await asyncio.to_thread(self.spool.sync, task_id)
         except OSError as exc:
@@ -264,21 +288,24 @@ class CommandRunner:
             state.stopped = True
             if state.proc is not None:
                 state.proc.kill_tree()
-            return  # its result (Terminated) follows when the process is gone
-        result = self.spool.result(message.task_id)
+            return  # its result follows once it has ended
+        result = self._result_of(message.task_id)
         if result is None:  # never received (or lost before it began): it did not run here
             result = _result("Cancelled", "", "the task had not started on this instance")
-            self.spool.finish(message.task_id, result)
-        self._send_result(message.task_id, result)
+            self._record(message.task_id, result)
+            self._spawn(self._sync(message.task_id))
+        else:
+            self._send_result(message.task_id, result)
 
     def _on_output_request(self, message: TaskOutputRequest) -> None:
-        if is_task_id(message.task_id) and self.spool.result(message.task_id) is not None:
+        if is_task_id(message.task_id) and self._result_of(message.task_id) is not None:
             self.agent.send(TaskOutput(message.task_id, message.offset, self.spool.read_output(
                 message.task_id, message.offset, OUTPUT_CHUNK)))
 
     def _on_ack(self, message: TaskResultAck) -> None:
         if not is_task_id(message.task_id) or message.task_id in self.running:
             return
+        self._unspooled.pop(message.task_id, None)
         if message.task_id in self._syncing:
             self._syncing[message.task_id] = True  # forgotten once its sync is done
         else:

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from agent.state import write_private
 from proto.commands import is_task_id
+
+log = logging.getLogger("porthole.agent.spool")
 
 
 class Spool:
@@ -65,6 +68,9 @@ class Spool:
             return self.output_path(task_id).stat().st_size
         except FileNotFoundError:
             return 0
+        except OSError as exc:
+            log.warning("cannot read the output of %s: %s", task_id, exc)
+            return 0
 
     def read_output(self, task_id: str, offset: int, length: int) -> bytes:
         try:
@@ -72,6 +78,9 @@ class Spool:
                 f.seek(offset)
                 return f.read(length)
         except FileNotFoundError:
+            return b""
+        except OSError as exc:
+            log.warning("cannot read the output of %s: %s", task_id, exc)
             return b""
 
     def finish(self, task_id: str, result: dict[str, Any], durable: bool = True) -> None:
@@ -124,9 +133,15 @@ class Spool:
         return out
 
     def forget(self, task_id: str) -> None:
+        """Delete a task's files; one that cannot be deleted is left for later (a result is
+        then sent again after a restart, and the server acknowledges it again)."""
         for suffix in ("result", "out", "task"):
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 self._path(task_id, suffix).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot delete %s from the spool: %s", task_id, exc)
 
 
 def _fsync(path: Path) -> None:

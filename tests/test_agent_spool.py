@@ -5,6 +5,7 @@ stand-in that records what the agent sends."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import threading
 from pathlib import Path
@@ -72,7 +73,7 @@ def test_a_result_left_empty_by_a_power_loss_is_reported_terminated(tmp_path):
 
 async def test_a_stop_before_the_task_starts_cancels_it_unrun(tmp_path):
     link = Link(tmp_path)
-    CommandRunner(link)
+    runner = CommandRunner(link)
     marker = tmp_path / "ran"
     link.deliver(TaskRun(TASK, f"touch {marker}", os.environ.get("USER", "root"), 10))
     link.deliver(TaskStop(TASK))  # the same moment: before its record is on disk
@@ -80,6 +81,7 @@ async def test_a_stop_before_the_task_starts_cancels_it_unrun(tmp_path):
     [result] = link.results()
     assert result.status == "Cancelled" and not marker.exists()
     link.deliver(TaskRun(TASK, f"touch {marker}", "root", 10))  # a redelivery is not run
+    assert TASK not in runner.running
     await asyncio.sleep(0.2)
     assert not marker.exists() and len(link.results()) == 1
 
@@ -108,3 +110,70 @@ async def test_the_result_goes_out_before_its_sync_and_an_early_ack_waits_for_it
     spool.release.set()
     await _until(lambda: not spool.knows(TASK))
     assert list(spool.directory.iterdir()) == []
+
+
+class FullSpool(Spool):
+    """A disk that filled up after the task's record was written."""
+
+    def update(self, task_id: str, **values: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_a_task_whose_process_cannot_be_recorded_is_still_timed_and_stopped(tmp_path):
+    link = Link(tmp_path)
+    runner = CommandRunner(link)
+    runner.spool = FullSpool(tmp_path / "spool")
+    pidfile = tmp_path / "pid"
+    user = os.environ.get("USER", "root")
+    link.deliver(TaskRun(TASK, f"echo $$ > {pidfile}; exec sleep 300", user, 1))
+    await _until(lambda: link.results())
+    assert link.results()[0].status == "Timeout"
+    assert not _alive(int(pidfile.read_text()))
+    other = task_id("t-" + "cd" * 10, 1)
+    link.deliver(TaskRun(other, f"echo $$ > {pidfile}; exec sleep 300", user, 60))
+    await _until(lambda: pidfile.exists() and _alive(int(pidfile.read_text() or 0)))
+    link.deliver(TaskStop(other))
+    await _until(lambda: len(link.results()) == 2)
+    assert link.results()[1].status == "Terminated"
+    assert not _alive(int(pidfile.read_text()))
+
+
+async def test_a_result_the_spool_cannot_hold_is_resent_from_memory_until_acked(tmp_path):
+    link = Link(tmp_path)
+    runner = CommandRunner(link)
+    (runner.spool.directory / f"{TASK}.result").mkdir()  # the result file cannot be written
+    marker = tmp_path / "runs"
+    user = os.environ.get("USER", "root")
+    link.deliver(TaskRun(TASK, f"echo x >> {marker}; echo done", user, 10))
+    await _until(lambda: link.results())
+    assert link.results()[0].status == "Success" and link.results()[0].head == b"done\n"
+    for hook in link.connect_hooks:  # the link broke before the server stored it
+        hook()
+    assert [r.task_id for r in link.results()] == [TASK, TASK]
+    link.deliver(TaskRun(TASK, f"echo x >> {marker}", user, 10))  # the server redelivers
+    assert TASK not in runner.running
+    link.deliver(TaskStop(TASK))
+    assert link.results()[-1].status == "Success"
+    link.deliver(TaskResultAck(TASK))  # the spool's files cannot all go: no error either
+    for hook in link.connect_hooks:
+        hook()
+    assert len(link.results()) == 3 and marker.read_text() == "x\n"
+
+
+async def test_a_stop_for_an_unknown_task_with_an_unwritable_spool_is_answered(tmp_path):
+    link = Link(tmp_path)
+    runner = CommandRunner(link)
+    (runner.spool.directory / f"{TASK}.result").mkdir()
+    link.deliver(TaskStop(TASK))  # must not raise into the connection
+    [result] = link.results()
+    assert result.status == "Cancelled"
+    link.deliver(TaskRun(TASK, "true", os.environ.get("USER", "root"), 10))
+    assert TASK not in runner.running

@@ -50,14 +50,29 @@ def start_time(pid: int) -> int:
     return int(fields[19]) if fields and len(fields) > 19 else -1
 
 
+def recycled(leader: int, started: int) -> bool:
+    """True when the pid of a leader that started at ``started`` now names another process.
+    The kernel reuses no pid that is still some process's session or group id, so then the
+    leader's session and group are empty, and that number now stands for someone else's."""
+    now = start_time(leader)
+    return -1 not in (now, started) and now != started
+
+
+def session_processes(sid: int) -> list[int]:
+    """Every process in the session ``sid``."""
+    return [int(name) for name in os.listdir("/proc")
+            if name.isdigit() and (fields := _proc_stat(int(name))) and int(fields[3]) == sid]
+
+
 def kill_tree(leader: int, started: int) -> int:
     """SIGKILL every process of the task: its session and process group (job control makes
     new groups inside the session) and every descendant (setsid leaves the session, not the
-    tree). The leader itself counts only while it is the process that started at
-    ``started``: once reaped, its pid may belong to anyone (the kernel keeps a pid that is
-    still a session or group id, so those need no check). Returns how many were signalled."""
+    tree). Nothing once the leader's pid is :func:`recycled`. Returns how many processes
+    were signalled."""
     killed = 0
     for _ in range(5):
+        if recycled(leader, started):
+            break
         stats = {}
         for name in os.listdir("/proc"):
             if name.isdigit() and (fields := _proc_stat(int(name))) is not None:
@@ -67,7 +82,7 @@ def kill_tree(leader: int, started: int) -> int:
             children.setdefault(int(fields[1]), []).append(pid)
         doomed = {pid for pid, f in stats.items()
                   if leader in (int(f[2]), int(f[3])) and f[0] != "Z"}
-        if leader in stats and len(stats[leader]) > 19 and int(stats[leader][19]) == started:
+        if leader in stats:
             doomed.add(leader)
         queue = list(doomed)
         while queue:

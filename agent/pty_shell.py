@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from agent.channel import AgentChannel, ChannelRefused
 from agent.config import AgentConfig
+from agent.posix_tasks import recycled, session_processes, start_time
 from agent.users import RunAsError, ensure_session_user, run_as
 from proto.messages import (
     MAX_CHUNK,
@@ -47,22 +48,6 @@ def _make_controlling_tty() -> None:  # runs in the child between fork and exec
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-def session_processes(sid: int) -> list[int]:
-    """Every process in the session ``sid`` (the shell and all its jobs)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:
-            pids.append(int(entry))
-    return pids
-
-
 class PtyChannel(AgentChannel):
     receive_window = WINDOW
 
@@ -75,6 +60,7 @@ class PtyChannel(AgentChannel):
         self._pending_input = bytearray()
         self._eof = False
         self._finished = asyncio.Event()
+        self._started = -1
 
     async def start(self) -> None:
         user = str(self.params.get("user") or self.config.session_user)
@@ -103,6 +89,7 @@ class PtyChannel(AgentChannel):
             raise ChannelRefused("ProcessCreateFailed", f"cannot start {argv[0]}: {exc}") from None
         finally:
             os.close(slave)
+        self._started = start_time(self.proc.pid)
         self.master = master
         os.set_blocking(master, False)
         log.info("channel %d: shell for %s started (pid %d)", self.id, user, self.proc.pid)
@@ -208,9 +195,9 @@ class PtyChannel(AgentChannel):
         self._kill_session(signal.SIGKILL)
 
     def _kill_session(self, sig: int) -> None:
-        """Signal every process in the shell's session, found by session id: the shell's own
-        pid may already be reaped and reused, a session id in use is not."""
-        if self.proc is None:
+        """Signal every process in the shell's session (the shell and all its jobs), found
+        by session id, unless the shell is gone and its pid :func:`recycled`."""
+        if self.proc is None or recycled(self.proc.pid, self._started):
             return
         for pid in session_processes(self.proc.pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):

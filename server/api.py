@@ -288,7 +288,8 @@ async def instance_row(ctx: Context, instance_id: str) -> dict[str, Any]:
 
 
 async def instance_rows(ctx: Context, instance_ids: Sequence[str]) -> list[dict[str, Any]]:
-    """The registered instances, in the order given (one query for many); 404 names the
+    """The registered instances, in the order given (looked up together, a query per 500
+    ids); 404 names the
     first that is not registered."""
     if not instance_ids:
         return []

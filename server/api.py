@@ -289,8 +289,7 @@ async def instance_row(ctx: Context, instance_id: str) -> dict[str, Any]:
 
 async def instance_rows(ctx: Context, instance_ids: Sequence[str]) -> list[dict[str, Any]]:
     """The registered instances, in the order given (looked up together, a query per 500
-    ids); 404 names the
-    first that is not registered."""
+    ids); 404 names the first that is not registered."""
     if not instance_ids:
         return []
     for instance_id in instance_ids:

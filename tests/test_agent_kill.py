@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tests.harness import alive, wait_for
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process trees")
 
 
@@ -34,20 +36,7 @@ def test_kill_tree_ends_the_session_after_its_leader_is_gone():
     orphan = int(leader.stdout.readline())
     leader.wait(10)  # reaped: only the session id still names the task
     assert kill_tree(leader.pid, started) >= 1
-    for _ in range(100):
-        if start_time(orphan) == -1 or _state(orphan) == "Z":
-            break
-        subprocess.run(["sleep", "0.05"])
-    else:
-        raise AssertionError("the orphan in the task's session survived")
-
-
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return ""
+    wait_for(lambda: not alive(orphan), 10, "the orphan in the task's session ended")
 
 
 def test_kill_tree_leaves_the_session_of_a_process_that_got_the_leaders_pid():

@@ -16,6 +16,7 @@ from agent.commands import CommandRunner
 from agent.config import AgentConfig
 from agent.spool import Spool
 from proto.commands import TaskResult, TaskResultAck, TaskRun, TaskStop, task_id
+from tests.harness import alive
 
 TASK = task_id("t-" + "ab" * 10, 1)
 
@@ -119,13 +120,6 @@ class FullSpool(Spool):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
 
 async def test_a_task_whose_process_cannot_be_recorded_is_still_timed_and_stopped(tmp_path):
     link = Link(tmp_path)
@@ -136,14 +130,14 @@ async def test_a_task_whose_process_cannot_be_recorded_is_still_timed_and_stoppe
     link.deliver(TaskRun(TASK, f"echo $$ > {pidfile}; exec sleep 300", user, 1))
     await _until(lambda: link.results())
     assert link.results()[0].status == "Timeout"
-    assert not _alive(int(pidfile.read_text()))
+    assert not alive(int(pidfile.read_text()))
     other = task_id("t-" + "cd" * 10, 1)
     link.deliver(TaskRun(other, f"echo $$ > {pidfile}; exec sleep 300", user, 60))
-    await _until(lambda: pidfile.exists() and _alive(int(pidfile.read_text() or 0)))
+    await _until(lambda: pidfile.exists() and alive(int(pidfile.read_text() or 0)))
     link.deliver(TaskStop(other))
     await _until(lambda: len(link.results()) == 2)
     assert link.results()[1].status == "Terminated"
-    assert not _alive(int(pidfile.read_text()))
+    assert not alive(int(pidfile.read_text()))
 
 
 async def test_a_result_the_spool_cannot_hold_is_resent_from_memory_until_acked(tmp_path):

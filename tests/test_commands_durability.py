@@ -11,7 +11,7 @@ import pytest
 
 from cli.client import Client
 from cli.config import Profile
-from tests.harness import Server, wait_for
+from tests.harness import Server, alive, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -68,13 +68,6 @@ def test_kill_9_server_with_100_invocations_running(server, make_agent, tmp_path
         wait_for(lambda a=a: not any((a.state_dir / "spool").iterdir()), 30, "spool empty")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
 
 def test_agent_killed_mid_run_reports_terminated(server, make_agent, tmp_path):
     agent = make_agent()
@@ -87,14 +80,14 @@ def test_agent_killed_mid_run_reports_terminated(server, make_agent, tmp_path):
     time.sleep(0.3)  # let "started" reach the spool
     agent.stop(signal.SIGKILL)
     child = int(pidfile.read_text())
-    assert _alive(child)
+    assert alive(child)
     agent.start()
     reply = wait_for(lambda: (r := results(server, invoke_id))["InvocationStatus"] in FINAL
                      and r, 30, "a result after the agent restarted")
     (r,) = reply["Results"]
     assert r["InvocationStatus"] == "Terminated" and r["ErrorCode"] == "ClientRestarted"
     assert base64.b64decode(r["Output"]) == b"started\n"
-    wait_for(lambda: not _alive(child), 10, "the orphaned child killed")
+    wait_for(lambda: not alive(child), 10, "the orphaned child killed")
 
 
 def test_offline_instance_gets_its_task_when_it_returns(server, make_agent):

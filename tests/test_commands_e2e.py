@@ -18,7 +18,7 @@ import pytest
 
 from proto.ids import new_access_key
 from server.storage import Repository
-from tests.harness import Agent, Server, wait_for
+from tests.harness import Agent, Server, alive, wait_for
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (useradd, run-as)")
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -171,13 +171,6 @@ def test_reference_policy_runas_user01_user02(srv, agents):
 # --- stop, limits, output -------------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
 
 def test_each_instance_end_is_audited_and_the_chain_holds(srv, agents):
     ids = [a.instance_id for a in agents]
@@ -215,7 +208,7 @@ def test_stop_ends_the_whole_tree_on_every_instance(srv, agents, tmp_path):
         assert r["InvocationStatus"] == "Terminated" and r["Output"] == "started\n"
     for f in pids.iterdir():
         pid = int(f.read_text())
-        wait_for(lambda pid=pid: not _alive(pid), 10, f"{f.name} killed")
+        wait_for(lambda pid=pid: not alive(pid), 10, f"{f.name} killed")
     again = srv.cli_json("invocations", "stop", invoke_id)
     assert again["TasksStopped"] == 0
 

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tests.harness import Agent, Server, wait_for
+from tests.harness import Agent, Server, alive, wait_for
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (useradd, run-as)")
 
@@ -123,15 +123,8 @@ def test_timeout_kills_the_whole_process_group(server, make_agent, tmp_path):
     assert r["Output"] == "started\n"
     assert time.monotonic() - started < 30
     child = int(pidfile.read_text())
-    wait_for(lambda: not _alive(child), 5, "background child killed")
+    wait_for(lambda: not alive(child), 5, "background child killed")
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_large_output_is_truncated_with_a_dropped_count(server, make_agent):
